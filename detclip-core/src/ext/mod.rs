@@ -1,0 +1,89 @@
+//! Backend extensions: the custom ops detclip adds to Burn.
+//!
+//! [`DetclipOps`] is a trait over [`Backend`]. Every method has a *reference body* written
+//! with portable tensor ops, so any backend gets a correct implementation for free; the
+//! CubeCL backends (CUDA, wgpu) override the body with a kernel, `Fusion<B>` forwards to the
+//! inner backend through a custom fusion operation, and `Autodiff<B>` registers a hand-written
+//! backward. The reference body is also the test oracle for each kernel.
+//!
+//! The first op is deliberately trivial — a sigmoid gate `x · σ(g)`, the gating used by
+//! DyHead's attention and by the modulation mask of DCNv2 — and proves the mechanism end to end
+//! on every backend. Deformable convolution hangs off the same trait.
+
+mod autodiff;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod fusion;
+pub(crate) mod reference;
+
+use burn::prelude::Backend;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use crate::error::{Result, ensure_shape};
+
+/// The custom ops of detclip, as a backend extension.
+///
+/// Methods take and return primitive tensors; use the typed functions of this module (e.g.
+/// [`sigmoid_gate`]) from model code.
+pub trait DetclipOps: Backend {
+    /// `x · σ(gate)`, elementwise. Both tensors have the same shape.
+    fn sigmoid_gate(x: FloatTensor<Self>, gate: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::sigmoid_gate::<Self>(x, gate)
+    }
+
+    /// Gradients of [`DetclipOps::sigmoid_gate`] with respect to `x` and `gate`, given the
+    /// gradient of the output: `(g · σ(gate), g · x · σ(gate) · (1 − σ(gate)))`.
+    fn sigmoid_gate_backward(
+        x: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 2] {
+        reference::sigmoid_gate_backward::<Self>(x, gate, grad)
+    }
+}
+
+/// An autodiff backend whose inner backend also carries the detclip extensions: what training
+/// code and [`crate::backend::BackendTask`] ask for.
+pub trait DetclipAutodiffBackend:
+    AutodiffBackend<InnerBackend: DetclipOps> + DetclipOps
+{
+}
+impl<T> DetclipAutodiffBackend for T where T: AutodiffBackend<InnerBackend: DetclipOps> + DetclipOps {}
+
+#[cfg(feature = "ndarray")]
+mod ndarray_impl {
+    use burn::backend::NdArray;
+    use burn::backend::ndarray::{
+        FloatNdArrayElement, IntNdArrayElement, NdArrayTensor, QuantElement, SharedArray,
+    };
+
+    /// The CPU backend uses the reference bodies.
+    impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> super::DetclipOps
+        for NdArray<E, I, Q>
+    where
+        NdArrayTensor: From<SharedArray<E>>,
+        NdArrayTensor: From<SharedArray<I>>,
+    {
+    }
+}
+
+/// `x · σ(gate)` through the backend extension (a CubeCL kernel on CUDA/wgpu).
+///
+/// # Shapes
+/// - `x`, `gate`: any shape, equal
+/// - output: the same shape
+///
+/// # Errors
+/// When the shapes differ.
+pub fn sigmoid_gate<B: DetclipOps, const D: usize>(
+    x: Tensor<B, D>,
+    gate: Tensor<B, D>,
+) -> Result<Tensor<B, D>> {
+    let (sx, sg) = (x.dims(), gate.dims());
+    ensure_shape(sx == sg, "sigmoid_gate", "gate", &sg, format!("{sx:?} (the shape of x)"))?;
+    let out = B::sigmoid_gate(x.into_primitive().tensor(), gate.into_primitive().tensor());
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}

@@ -1,0 +1,19 @@
+//! # detclip-core
+//!
+//! Detection primitives shared by every detclip method: tensors in, tensors out, no models.
+//!
+//! - [`ops`]: box formats, IoU/GIoU, NMS (torchvision semantics), RoIAlign, the delta box coder
+//! - [`assign`]: anchors per FPN level and the ATSS assigner
+//! - [`loss`]: sigmoid focal, GIoU and centerness losses
+//! - [`ext`]: the backend extension our custom ops (CubeCL kernels) hang off
+//! - [`backend`]: the one place that maps `--device cpu|wgpu[:N]|cuda[:N]|auto` to a backend
+#![warn(missing_docs)]
+
+pub mod assign;
+pub mod backend;
+pub mod error;
+pub mod ext;
+pub mod loss;
+pub mod ops;
+
+pub use error::{DetError, Result};

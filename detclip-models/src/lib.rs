@@ -1,0 +1,2 @@
+//! detclip-models: backend-generic model blocks (filled by the building-blocks issue).
+#![warn(missing_docs)]

@@ -1,0 +1,2 @@
+//! detclip-train
+#![warn(missing_docs)]
