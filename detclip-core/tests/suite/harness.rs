@@ -1,0 +1,110 @@
+//! Backend selection, fixture loading and tolerance checks shared by the tests.
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use detclip_core::backend::{BackendTask, DeviceSpec, run_on};
+use safetensors::{Dtype, SafeTensors};
+
+/// The backend the tests run on, from `DETCLIP_BACKEND` (default `cpu`).
+pub fn spec() -> DeviceSpec {
+    let s = std::env::var("DETCLIP_BACKEND").unwrap_or_else(|_| "cpu".into());
+    s.parse().unwrap_or_else(|e| panic!("DETCLIP_BACKEND: {e}"))
+}
+
+/// Runs a test body on the selected backend. A backend that is asked for but not compiled in
+/// (or has no device) fails the test: it is never skipped silently.
+pub fn run<T: BackendTask<Output = ()>>(task: T) {
+    run_on(spec(), task).unwrap_or_else(|e| panic!("cannot run on the selected backend: {e}"));
+}
+
+/// Defines a `#[test]` whose body is generic over the backend `B` (an autodiff backend with
+/// the detclip extensions) and receives `device: &B::Device`.
+macro_rules! backend_test {
+    ($(#[$m:meta])* fn $name:ident<$B:ident>($dev:ident) $body:block) => {
+        $(#[$m])*
+        #[test]
+        fn $name() {
+            struct Task;
+            impl detclip_core::backend::BackendTask for Task {
+                type Output = ();
+                fn run<$B: detclip_core::ext::DetclipAutodiffBackend>(self, device: $B::Device) {
+                    let $dev = &device;
+                    $body
+                }
+            }
+            crate::harness::run(Task);
+        }
+    };
+}
+
+/// A safetensors fixture file from `tests/fixtures/`.
+pub struct Fixture {
+    name: String,
+    bytes: Vec<u8>,
+}
+
+impl Fixture {
+    pub fn load(name: &str) -> Self {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("fixture {} is missing ({e}); run scripts/fixtures/*.py", path.display())
+        });
+        Self { name: name.into(), bytes }
+    }
+
+    fn view(&self, key: &str) -> (Dtype, Vec<usize>, Vec<u8>) {
+        let st = SafeTensors::deserialize(&self.bytes).expect("valid safetensors");
+        let t = st.tensor(key).unwrap_or_else(|_| panic!("{}: no tensor `{key}`", self.name));
+        (t.dtype(), t.shape().to_vec(), t.data().to_vec())
+    }
+
+    pub fn shape(&self, key: &str) -> Vec<usize> {
+        self.view(key).1
+    }
+
+    pub fn f32s(&self, key: &str) -> Vec<f32> {
+        let (dtype, _, data) = self.view(key);
+        assert_eq!(dtype, Dtype::F32, "{}: `{key}` is not f32", self.name);
+        data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
+    pub fn i64s(&self, key: &str) -> Vec<i64> {
+        let (dtype, _, data) = self.view(key);
+        assert_eq!(dtype, Dtype::I64, "{}: `{key}` is not i64", self.name);
+        data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+    }
+
+    pub fn tensor<B: Backend, const D: usize>(&self, key: &str, device: &B::Device) -> Tensor<B, D> {
+        let shape = self.shape(key);
+        assert_eq!(shape.len(), D, "{}: `{key}` has rank {}", self.name, shape.len());
+        Tensor::from_data(TensorData::new(self.f32s(key), shape), device)
+    }
+}
+
+pub fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+pub fn to_i64<B: Backend>(t: Tensor<B, 1, Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().to_vec().unwrap()
+}
+
+/// Asserts `|a − e| ≤ atol + rtol·|e|` elementwise (NaN matches NaN only).
+pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length {} vs {}", actual.len(), expected.len());
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        if a.is_nan() && e.is_nan() {
+            continue;
+        }
+        let err = (a - e).abs();
+        assert!(
+            err <= atol + rtol * e.abs(),
+            "{what}: element {i}: got {a}, expected {e} (|diff| {err} > {atol} + {rtol}·|e|)"
+        );
+    }
+}
+
+/// Max absolute difference, printed in the parity notes.
+pub fn max_abs_diff(actual: &[f32], expected: &[f32]) -> f32 {
+    actual.iter().zip(expected).map(|(a, e)| (a - e).abs()).fold(0.0, f32::max)
+}
