@@ -38,7 +38,13 @@ impl AnchorGenerator {
     pub fn atss() -> Self {
         let strides = [8.0f32, 16.0, 32.0, 64.0, 128.0];
         Self {
-            levels: strides.iter().map(|&s| AnchorLevel { stride: s, sizes: vec![8.0 * s] }).collect(),
+            levels: strides
+                .iter()
+                .map(|&s| AnchorLevel {
+                    stride: s,
+                    sizes: vec![8.0 * s],
+                })
+                .collect(),
             ratios: vec![1.0],
             center_offset: 0.0,
             round_base: false,
@@ -48,7 +54,14 @@ impl AnchorGenerator {
     /// torchvision's `AnchorGenerator(sizes, aspect_ratios)` for the given strides.
     pub fn torchvision(strides: &[f32], sizes: &[Vec<f32>], ratios: &[f32]) -> Self {
         Self {
-            levels: strides.iter().zip(sizes).map(|(&stride, s)| AnchorLevel { stride, sizes: s.clone() }).collect(),
+            levels: strides
+                .iter()
+                .zip(sizes)
+                .map(|(&stride, s)| AnchorLevel {
+                    stride,
+                    sizes: s.clone(),
+                })
+                .collect(),
             ratios: ratios.to_vec(),
             center_offset: 0.0,
             round_base: true,
@@ -73,7 +86,12 @@ impl AnchorGenerator {
                 let mut a = [c - 0.5 * ws, c - 0.5 * hs, c + 0.5 * ws, c + 0.5 * hs];
                 if self.round_base {
                     // torchvision: stack([-ws, -hs, ws, hs]) / 2, then round half to even.
-                    a = [(-ws / 2.0).round_ties_even(), (-hs / 2.0).round_ties_even(), (ws / 2.0).round_ties_even(), (hs / 2.0).round_ties_even()];
+                    a = [
+                        (-ws / 2.0).round_ties_even(),
+                        (-hs / 2.0).round_ties_even(),
+                        (ws / 2.0).round_ties_even(),
+                        (hs / 2.0).round_ties_even(),
+                    ];
                 }
                 out.push(a);
             }
@@ -87,7 +105,11 @@ impl AnchorGenerator {
         if sizes.len() != self.levels.len() {
             return Err(DetError::InvalidOption {
                 op: "AnchorGenerator",
-                why: format!("{} feature maps given for {} anchor levels", sizes.len(), self.levels.len()),
+                why: format!(
+                    "{} feature maps given for {} anchor levels",
+                    sizes.len(),
+                    self.levels.len()
+                ),
             });
         }
         Ok((0..self.levels.len())
@@ -111,11 +133,18 @@ impl AnchorGenerator {
 
     /// Anchors of all levels concatenated, `[Σ H·W·A, 4]`, and the count per level (what
     /// [`atss_assign`](crate::assign::atss_assign) takes).
-    pub fn grid_anchors<B: Backend>(&self, sizes: &[[usize; 2]], device: &B::Device) -> Result<(Tensor<B, 2>, Vec<usize>)> {
+    pub fn grid_anchors<B: Backend>(
+        &self,
+        sizes: &[[usize; 2]],
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 2>, Vec<usize>)> {
         let levels = self.grid_anchors_host(sizes)?;
         let counts: Vec<usize> = levels.iter().map(Vec::len).collect();
         let flat: Vec<f32> = levels.into_iter().flatten().flatten().collect();
         let n = flat.len() / 4;
-        Ok((Tensor::from_data(TensorData::new(flat, [n, 4]), device), counts))
+        Ok((
+            Tensor::from_data(TensorData::new(flat, [n, 4]), device),
+            counts,
+        ))
     }
 }

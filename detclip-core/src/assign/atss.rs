@@ -25,7 +25,10 @@ pub struct AtssOptions {
 
 impl Default for AtssOptions {
     fn default() -> Self {
-        Self { top_k: 9, center_eps: 0.01 }
+        Self {
+            top_k: 9,
+            center_eps: 0.01,
+        }
     }
 }
 
@@ -43,7 +46,11 @@ pub struct AtssAssignment {
 impl AtssAssignment {
     /// Indices of the positive anchors.
     pub fn positives(&self) -> Vec<usize> {
-        self.gt_index.iter().enumerate().filter_map(|(i, g)| g.map(|_| i)).collect()
+        self.gt_index
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.map(|_| i))
+            .collect()
     }
 }
 
@@ -65,21 +72,36 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 ///
 /// # Errors
 /// Level counts that do not sum to the number of anchors, malformed boxes.
-pub fn atss_assign(anchors: &[[f32; 4]], level_counts: &[usize], gt: &[[f32; 4]], options: &AtssOptions) -> Result<AtssAssignment> {
+pub fn atss_assign(
+    anchors: &[[f32; 4]],
+    level_counts: &[usize],
+    gt: &[[f32; 4]],
+    options: &AtssOptions,
+) -> Result<AtssAssignment> {
     let total: usize = level_counts.iter().sum();
     if total != anchors.len() {
         return Err(DetError::InvalidOption {
             op: "atss_assign",
-            why: format!("level counts sum to {total}, but {} anchors were given", anchors.len()),
+            why: format!(
+                "level counts sum to {total}, but {} anchors were given",
+                anchors.len()
+            ),
         });
     }
     if options.top_k == 0 {
-        return Err(DetError::InvalidOption { op: "atss_assign", why: "top_k must be positive".into() });
+        return Err(DetError::InvalidOption {
+            op: "atss_assign",
+            why: "top_k must be positive".into(),
+        });
     }
     validate_box_slice("atss_assign", gt.as_flattened())?;
     validate_box_slice("atss_assign", anchors.as_flattened())?;
     let (na, ng) = (anchors.len(), gt.len());
-    let mut result = AtssAssignment { gt_index: vec![None; na], iou: vec![0.0; na], thresholds: vec![0.0; ng] };
+    let mut result = AtssAssignment {
+        gt_index: vec![None; na],
+        iou: vec![0.0; na],
+        thresholds: vec![0.0; ng],
+    };
     if na == 0 || ng == 0 {
         return Ok(result);
     }
@@ -116,7 +138,7 @@ pub fn atss_assign(anchors: &[[f32; 4]], level_counts: &[usize], gt: &[[f32; 4]]
         result.thresholds[g] = threshold;
         for (&a, &v) in candidates.iter().zip(&ious) {
             // `>=` is false for a NaN threshold, as in torch.
-            if !(v >= threshold) {
+            if v.partial_cmp(&threshold).is_none_or(|o| o.is_lt()) {
                 continue;
             }
             // 3. anchor centre inside the box.

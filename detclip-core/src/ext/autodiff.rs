@@ -1,11 +1,11 @@
 //! Hand-written backward passes of the custom ops on `Autodiff<B>`.
 
 use burn::backend::Autodiff;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::NodeId;
 use burn::tensor::ops::FloatTensor;
 
 use super::DetclipOps;
@@ -54,4 +54,3 @@ impl<B: DetclipOps, C: CheckpointStrategy> DetclipOps for Autodiff<B, C> {
         }
     }
 }
-

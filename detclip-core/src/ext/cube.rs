@@ -42,7 +42,12 @@ fn sigmoid_gate_backward_kernel<F: Float>(
 }
 
 fn empty_like<R: CubeRuntime>(t: &CubeTensor<R>) -> CubeTensor<R> {
-    empty_device_dtype(t.client.clone(), t.device.clone(), t.meta.shape().clone(), t.dtype)
+    empty_device_dtype(
+        t.client.clone(),
+        t.device.clone(),
+        t.meta.shape().clone(),
+        t.dtype,
+    )
 }
 
 fn launch_dims<R: CubeRuntime>(t: &CubeTensor<R>) -> (CubeCount, CubeDim) {

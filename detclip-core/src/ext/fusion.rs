@@ -10,7 +10,8 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorI
 
 use super::DetclipOps;
 
-type Handles<B> = HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
+type Handles<B> =
+    HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
 
 #[derive(Clone, Debug)]
 struct SigmoidGateOp<B> {
@@ -50,12 +51,19 @@ impl<B: FusionBackend + DetclipOps> DetclipOps for Fusion<B> {
         let client = x.client.clone();
         let streams = OperationStreams::with_inputs([&x, &gate]);
         let out = TensorIr::uninit(client.create_empty_handle(), x.shape.clone(), x.dtype);
-        let desc = CustomOpIr::new("detclip_sigmoid_gate", &[x.into_ir(), gate.into_ir()], &[out]);
+        let desc = CustomOpIr::new(
+            "detclip_sigmoid_gate",
+            &[x.into_ir(), gate.into_ir()],
+            &[out],
+        );
         client
             .register(
                 streams,
                 OperationIr::Custom(desc.clone()),
-                SigmoidGateOp::<B> { desc, _b: PhantomData },
+                SigmoidGateOp::<B> {
+                    desc,
+                    _b: PhantomData,
+                },
             )
             .output()
     }
@@ -78,7 +86,10 @@ impl<B: FusionBackend + DetclipOps> DetclipOps for Fusion<B> {
             .register(
                 streams,
                 OperationIr::Custom(desc.clone()),
-                SigmoidGateBackwardOp::<B> { desc, _b: PhantomData },
+                SigmoidGateBackwardOp::<B> {
+                    desc,
+                    _b: PhantomData,
+                },
             )
             .outputs()
     }

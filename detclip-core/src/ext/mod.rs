@@ -47,10 +47,7 @@ pub trait DetclipOps: Backend {
 
 /// An autodiff backend whose inner backend also carries the detclip extensions: what training
 /// code and [`crate::backend::BackendTask`] ask for.
-pub trait DetclipAutodiffBackend:
-    AutodiffBackend<InnerBackend: DetclipOps> + DetclipOps
-{
-}
+pub trait DetclipAutodiffBackend: AutodiffBackend<InnerBackend: DetclipOps> + DetclipOps {}
 impl<T> DetclipAutodiffBackend for T where T: AutodiffBackend<InnerBackend: DetclipOps> + DetclipOps {}
 
 #[cfg(feature = "ndarray")]
@@ -83,7 +80,13 @@ pub fn sigmoid_gate<B: DetclipOps, const D: usize>(
     gate: Tensor<B, D>,
 ) -> Result<Tensor<B, D>> {
     let (sx, sg) = (x.dims(), gate.dims());
-    ensure_shape(sx == sg, "sigmoid_gate", "gate", &sg, format!("{sx:?} (the shape of x)"))?;
+    ensure_shape(
+        sx == sg,
+        "sigmoid_gate",
+        "gate",
+        &sg,
+        format!("{sx:?} (the shape of x)"),
+    )?;
     let out = B::sigmoid_gate(x.into_primitive().tensor(), gate.into_primitive().tensor());
     Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }

@@ -11,10 +11,19 @@ use crate::error::{Result, ensure_shape};
 ///
 /// # Shapes
 /// - `points`: `[N, 2]` `(x, y)`; `boxes`: `[N, 4]` xyxy; output `[N]`
-pub fn centerness_targets<B: Backend>(points: Tensor<B, 2>, boxes: Tensor<B, 2>) -> Result<Tensor<B, 1>> {
+pub fn centerness_targets<B: Backend>(
+    points: Tensor<B, 2>,
+    boxes: Tensor<B, 2>,
+) -> Result<Tensor<B, 1>> {
     let (dp, db) = (points.dims(), boxes.dims());
     ensure_shape(dp[1] == 2, "centerness_targets", "points", &dp, "[N, 2]")?;
-    ensure_shape(db == [dp[0], 4], "centerness_targets", "boxes", &db, format!("[{}, 4]", dp[0]))?;
+    ensure_shape(
+        db == [dp[0], 4],
+        "centerness_targets",
+        "boxes",
+        &db,
+        format!("[{}, 4]", dp[0]),
+    )?;
     let n = dp[0];
     let c = |t: &Tensor<B, 2>, i| t.clone().narrow(1, i, 1);
     let (x, y) = (c(&points, 0), c(&points, 1));
@@ -31,8 +40,18 @@ pub fn centerness_targets<B: Backend>(points: Tensor<B, 2>, boxes: Tensor<B, 2>)
 ///
 /// # Shapes
 /// - `logits`, `targets`: `[N]`; output `[N]` (or `[1]` reduced)
-pub fn centerness_loss<B: Backend>(logits: Tensor<B, 1>, targets: Tensor<B, 1>, reduction: Reduction) -> Result<Tensor<B, 1>> {
+pub fn centerness_loss<B: Backend>(
+    logits: Tensor<B, 1>,
+    targets: Tensor<B, 1>,
+    reduction: Reduction,
+) -> Result<Tensor<B, 1>> {
     let (dl, dt) = (logits.dims(), targets.dims());
-    ensure_shape(dl == dt, "centerness_loss", "targets", &dt, format!("{dl:?}"))?;
+    ensure_shape(
+        dl == dt,
+        "centerness_loss",
+        "targets",
+        &dt,
+        format!("{dl:?}"),
+    )?;
     Ok(reduce(bce_with_logits(logits, targets), reduction))
 }

@@ -21,7 +21,13 @@ pub fn sigmoid_focal_loss<B: Backend, const D: usize>(
     reduction: Reduction,
 ) -> Result<Tensor<B, D>> {
     let (dl, dt) = (logits.dims(), targets.dims());
-    ensure_shape(dl == dt, "sigmoid_focal_loss", "targets", &dt, format!("{dl:?} (the shape of logits)"))?;
+    ensure_shape(
+        dl == dt,
+        "sigmoid_focal_loss",
+        "targets",
+        &dt,
+        format!("{dl:?} (the shape of logits)"),
+    )?;
     let p = sigmoid(logits.clone());
     let ce = bce_with_logits(logits, targets.clone());
     let p_t = p.clone() * targets.clone() + (p.neg() + 1.0) * (targets.clone().neg() + 1.0);

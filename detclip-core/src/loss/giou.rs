@@ -10,7 +10,12 @@ use crate::ops::elementwise_iou_giou;
 ///
 /// # Shapes
 /// - `pred`, `target`: `[N, 4]`; output `[N]` (or `[1]` reduced)
-pub fn giou_loss<B: Backend>(pred: Tensor<B, 2>, target: Tensor<B, 2>, reduction: Reduction, eps: f32) -> Result<Tensor<B, 1>> {
+pub fn giou_loss<B: Backend>(
+    pred: Tensor<B, 2>,
+    target: Tensor<B, 2>,
+    reduction: Reduction,
+    eps: f32,
+) -> Result<Tensor<B, 1>> {
     let (_, giou) = elementwise_iou_giou(pred, target, eps)?;
     Ok(reduce(giou.neg() + 1.0, reduction))
 }

@@ -21,7 +21,10 @@ pub enum Reduction {
     Sum,
 }
 
-pub(crate) fn reduce<B: Backend, const D: usize>(loss: Tensor<B, D>, reduction: Reduction) -> Tensor<B, D> {
+pub(crate) fn reduce<B: Backend, const D: usize>(
+    loss: Tensor<B, D>,
+    reduction: Reduction,
+) -> Tensor<B, D> {
     match reduction {
         Reduction::None => loss,
         Reduction::Mean => loss.mean().reshape([1; D]),
@@ -31,7 +34,10 @@ pub(crate) fn reduce<B: Backend, const D: usize>(loss: Tensor<B, D>, reduction: 
 
 /// Binary cross-entropy with logits, elementwise, in the numerically stable form
 /// `max(x, 0) − x·t + ln(1 + e^(−|x|))` (PyTorch `binary_cross_entropy_with_logits`).
-pub fn bce_with_logits<B: Backend, const D: usize>(logits: Tensor<B, D>, targets: Tensor<B, D>) -> Tensor<B, D> {
+pub fn bce_with_logits<B: Backend, const D: usize>(
+    logits: Tensor<B, D>,
+    targets: Tensor<B, D>,
+) -> Tensor<B, D> {
     let softplus_neg_abs = (logits.clone().abs().neg().exp() + 1.0).log();
     logits.clone().clamp_min(0.0) - logits * targets + softplus_neg_abs
 }

@@ -49,7 +49,12 @@ pub fn box_convert<B: Backend, const D: usize>(
         BoxFormat::Xywh => [a.clone(), b.clone(), a + c, b + d],
         BoxFormat::Cxcywh => {
             let (hw, hh) = (c * 0.5, d * 0.5);
-            [a.clone() - hw.clone(), b.clone() - hh.clone(), a + hw, b + hh]
+            [
+                a.clone() - hw.clone(),
+                b.clone() - hh.clone(),
+                a + hw,
+                b + hh,
+            ]
         }
     };
     Ok(join4(match to {
@@ -94,9 +99,15 @@ pub fn box_area<B: Backend, const D: usize>(boxes: Tensor<B, D>) -> Result<Tenso
 /// Reads the boxes back to the host.
 pub fn validate_boxes<B: Backend>(op: &'static str, boxes: &Tensor<B, 2>) -> Result<()> {
     check_last4(op, boxes)?;
-    let data: Vec<f32> = boxes.to_data().convert::<f32>().to_vec().map_err(|e| {
-        DetError::InvalidOption { op, why: format!("could not read boxes: {e:?}") }
-    })?;
+    let data: Vec<f32> =
+        boxes
+            .to_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| DetError::InvalidOption {
+                op,
+                why: format!("could not read boxes: {e:?}"),
+            })?;
     validate_box_slice(op, &data)
 }
 
@@ -114,7 +125,12 @@ pub fn validate_box_slice(op: &'static str, data: &[f32]) -> Result<()> {
             None
         };
         if let Some(why) = why {
-            return Err(DetError::InvalidBox { op, index, value, why });
+            return Err(DetError::InvalidBox {
+                op,
+                index,
+                value,
+                why,
+            });
         }
     }
     Ok(())
@@ -128,8 +144,13 @@ fn inter_union<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> (Tensor<B, 2>, T
     let area_b = box_area(b.clone()).expect("checked").reshape([1, m]);
     let a3 = a.unsqueeze_dim::<3>(1); // [N,1,4]
     let b3 = b.unsqueeze_dim::<3>(0); // [1,M,4]
-    let lt = a3.clone().narrow(2, 0, 2).max_pair(b3.clone().narrow(2, 0, 2).expand([n, m, 2]));
-    let rb = a3.narrow(2, 2, 2).min_pair(b3.narrow(2, 2, 2).expand([n, m, 2]));
+    let lt = a3
+        .clone()
+        .narrow(2, 0, 2)
+        .max_pair(b3.clone().narrow(2, 0, 2).expand([n, m, 2]));
+    let rb = a3
+        .narrow(2, 2, 2)
+        .min_pair(b3.narrow(2, 2, 2).expand([n, m, 2]));
     let wh = (rb - lt).clamp_min(0.0);
     let inter = (wh.clone().narrow(2, 0, 1) * wh.narrow(2, 1, 1)).reshape([n, m]);
     let union = area_a + area_b - inter.clone();
@@ -160,8 +181,13 @@ pub fn generalized_box_iou<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Resu
     let iou = inter / union.clone();
     let a3 = a.unsqueeze_dim::<3>(1);
     let b3 = b.unsqueeze_dim::<3>(0);
-    let lt = a3.clone().narrow(2, 0, 2).min_pair(b3.clone().narrow(2, 0, 2).expand([n, m, 2]));
-    let rb = a3.narrow(2, 2, 2).max_pair(b3.narrow(2, 2, 2).expand([n, m, 2]));
+    let lt = a3
+        .clone()
+        .narrow(2, 0, 2)
+        .min_pair(b3.clone().narrow(2, 0, 2).expand([n, m, 2]));
+    let rb = a3
+        .narrow(2, 2, 2)
+        .max_pair(b3.narrow(2, 2, 2).expand([n, m, 2]));
     let wh = (rb - lt).clamp_min(0.0);
     let area = (wh.clone().narrow(2, 0, 1) * wh.narrow(2, 1, 1)).reshape([n, m]);
     Ok(iou - (area.clone() - union) / area)
@@ -179,7 +205,13 @@ pub fn elementwise_iou_giou<B: Backend>(
 ) -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
     check_last4("elementwise_iou_giou", &a)?;
     let (da, db) = (a.dims(), b.dims());
-    ensure_shape(da == db, "elementwise_iou_giou", "b", &db, format!("{da:?}"))?;
+    ensure_shape(
+        da == db,
+        "elementwise_iou_giou",
+        "b",
+        &db,
+        format!("{da:?}"),
+    )?;
     let n = da[0];
     let [x1, y1, x2, y2] = split4(a);
     let [x1g, y1g, x2g, y2g] = split4(b);

@@ -27,20 +27,38 @@ impl Default for DeltaBoxCoder {
 impl DeltaBoxCoder {
     /// A coder with the given weights and torchvision's clamp `ln(1000/16)`.
     pub fn new(weights: [f32; 4]) -> Self {
-        Self { weights, clip: (1000.0f32 / 16.0).ln() }
+        Self {
+            weights,
+            clip: (1000.0f32 / 16.0).ln(),
+        }
     }
 
     fn check(op: &'static str, what: &'static str, a: &[usize; 2], b: &[usize; 2]) -> Result<()> {
         ensure_shape(a[1] == 4, op, what, a, "[N, 4]")?;
-        ensure_shape(a == b, op, what, a, format!("{b:?} (one per reference box)"))
+        ensure_shape(
+            a == b,
+            op,
+            what,
+            a,
+            format!("{b:?} (one per reference box)"),
+        )
     }
 
     /// Offsets of `boxes` from `reference` (torchvision `encode_single(boxes, reference)`).
     ///
     /// # Shapes
     /// - `boxes`, `reference`: `[N, 4]` xyxy; output `[N, 4]`
-    pub fn encode<B: Backend>(&self, boxes: Tensor<B, 2>, reference: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
-        Self::check("DeltaBoxCoder::encode", "boxes", &boxes.dims(), &reference.dims())?;
+    pub fn encode<B: Backend>(
+        &self,
+        boxes: Tensor<B, 2>,
+        reference: Tensor<B, 2>,
+    ) -> Result<Tensor<B, 2>> {
+        Self::check(
+            "DeltaBoxCoder::encode",
+            "boxes",
+            &boxes.dims(),
+            &reference.dims(),
+        )?;
         let [wx, wy, ww, wh] = self.weights;
         let c = |t: &Tensor<B, 2>, i| t.clone().narrow(1, i, 1);
         let aw = c(&reference, 2) - c(&reference, 0);
@@ -62,8 +80,17 @@ impl DeltaBoxCoder {
     ///
     /// # Shapes
     /// - `deltas`, `reference`: `[N, 4]`; output `[N, 4]` xyxy
-    pub fn decode<B: Backend>(&self, deltas: Tensor<B, 2>, reference: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
-        Self::check("DeltaBoxCoder::decode", "deltas", &deltas.dims(), &reference.dims())?;
+    pub fn decode<B: Backend>(
+        &self,
+        deltas: Tensor<B, 2>,
+        reference: Tensor<B, 2>,
+    ) -> Result<Tensor<B, 2>> {
+        Self::check(
+            "DeltaBoxCoder::decode",
+            "deltas",
+            &deltas.dims(),
+            &reference.dims(),
+        )?;
         let [wx, wy, ww, wh] = self.weights;
         let c = |t: &Tensor<B, 2>, i| t.clone().narrow(1, i, 1);
         let aw = c(&reference, 2) - c(&reference, 0);
@@ -79,6 +106,14 @@ impl DeltaBoxCoder {
         let pw = dw.exp() * aw;
         let ph = dh.exp() * ah;
         let (hw, hh) = (pw * 0.5, ph * 0.5);
-        Ok(Tensor::cat(vec![px.clone() - hw.clone(), py.clone() - hh.clone(), px + hw, py + hh], 1))
+        Ok(Tensor::cat(
+            vec![
+                px.clone() - hw.clone(),
+                py.clone() - hh.clone(),
+                px + hw,
+                py + hh,
+            ],
+            1,
+        ))
     }
 }

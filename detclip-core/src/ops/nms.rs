@@ -28,7 +28,12 @@ pub struct NmsOptions {
 
 impl Default for NmsOptions {
     fn default() -> Self {
-        Self { iou_threshold: 0.6, score_threshold: 0.05, pre_nms_top_k: Some(1000), max_detections: Some(100) }
+        Self {
+            iou_threshold: 0.6,
+            score_threshold: 0.05,
+            pre_nms_top_k: Some(1000),
+            max_detections: Some(100),
+        }
     }
 }
 
@@ -36,19 +41,28 @@ fn read_f32<B: Backend, const D: usize>(op: &'static str, t: &Tensor<B, D>) -> R
     t.to_data()
         .convert::<f32>()
         .to_vec::<f32>()
-        .map_err(|e| DetError::InvalidOption { op, why: format!("could not read tensor: {e:?}") })
+        .map_err(|e| DetError::InvalidOption {
+            op,
+            why: format!("could not read tensor: {e:?}"),
+        })
 }
 
 fn read_i64<B: Backend>(op: &'static str, t: &Tensor<B, 1, Int>) -> Result<Vec<i64>> {
     t.to_data()
         .convert::<i64>()
         .to_vec::<i64>()
-        .map_err(|e| DetError::InvalidOption { op, why: format!("could not read tensor: {e:?}") })
+        .map_err(|e| DetError::InvalidOption {
+            op,
+            why: format!("could not read tensor: {e:?}"),
+        })
 }
 
 fn check_threshold(op: &'static str, iou_threshold: f32) -> Result<()> {
     if iou_threshold.is_nan() {
-        return Err(DetError::InvalidOption { op, why: "iou_threshold is NaN".into() });
+        return Err(DetError::InvalidOption {
+            op,
+            why: "iou_threshold is NaN".into(),
+        });
     }
     Ok(())
 }
@@ -136,7 +150,12 @@ pub fn batched_nms_slice(
     Ok(keep)
 }
 
-fn check_inputs(op: &'static str, boxes: &[f32], scores: &[f32], classes: Option<&[i64]>) -> Result<()> {
+fn check_inputs(
+    op: &'static str,
+    boxes: &[f32],
+    scores: &[f32],
+    classes: Option<&[i64]>,
+) -> Result<()> {
     if boxes.len() != scores.len() * 4 {
         return Err(DetError::Shape {
             op,
@@ -145,18 +164,21 @@ fn check_inputs(op: &'static str, boxes: &[f32], scores: &[f32], classes: Option
             expected: format!("[{}, 4] (one box per score)", scores.len()),
         });
     }
-    if let Some(c) = classes {
-        if c.len() != scores.len() {
-            return Err(DetError::Shape {
-                op,
-                what: "classes",
-                got: vec![c.len()],
-                expected: format!("[{}] (one class per score)", scores.len()),
-            });
-        }
+    if let Some(c) = classes
+        && c.len() != scores.len()
+    {
+        return Err(DetError::Shape {
+            op,
+            what: "classes",
+            got: vec![c.len()],
+            expected: format!("[{}] (one class per score)", scores.len()),
+        });
     }
     if let Some(i) = scores.iter().position(|s| s.is_nan()) {
-        return Err(DetError::InvalidOption { op, why: format!("score {i} is NaN") });
+        return Err(DetError::InvalidOption {
+            op,
+            why: format!("score {i} is NaN"),
+        });
     }
     validate_box_slice(op, boxes)
 }
@@ -166,10 +188,20 @@ fn to_index_tensor<B: Backend>(keep: &[usize], device: &B::Device) -> Tensor<B, 
     Tensor::from_data(TensorData::new(data, [keep.len()]), device)
 }
 
-fn check_tensors<B: Backend>(op: &'static str, boxes: &Tensor<B, 2>, scores: &Tensor<B, 1>) -> Result<()> {
+fn check_tensors<B: Backend>(
+    op: &'static str,
+    boxes: &Tensor<B, 2>,
+    scores: &Tensor<B, 1>,
+) -> Result<()> {
     let (db, ds) = (boxes.dims(), scores.dims());
     ensure_shape(db[1] == 4, op, "boxes", &db, "[N, 4]")?;
-    ensure_shape(db[0] == ds[0], op, "scores", &ds, format!("[{}] (one score per box)", db[0]))
+    ensure_shape(
+        db[0] == ds[0],
+        op,
+        "scores",
+        &ds,
+        format!("[{}] (one score per box)", db[0]),
+    )
 }
 
 /// NMS (torchvision `nms`): indices of the kept boxes, by descending score.
@@ -180,10 +212,18 @@ fn check_tensors<B: Backend>(op: &'static str, boxes: &Tensor<B, 2>, scores: &Te
 /// # Errors
 /// Mismatched lengths, boxes with `x2 < x1` / `y2 < y1` / non-finite coordinates, NaN scores.
 /// An empty input gives an empty result.
-pub fn nms<B: Backend>(boxes: Tensor<B, 2>, scores: Tensor<B, 1>, iou_threshold: f32) -> Result<Tensor<B, 1, Int>> {
+pub fn nms<B: Backend>(
+    boxes: Tensor<B, 2>,
+    scores: Tensor<B, 1>,
+    iou_threshold: f32,
+) -> Result<Tensor<B, 1, Int>> {
     check_tensors("nms", &boxes, &scores)?;
     let device = boxes.device();
-    let keep = nms_slice(&read_f32("nms", &boxes)?, &read_f32("nms", &scores)?, iou_threshold)?;
+    let keep = nms_slice(
+        &read_f32("nms", &boxes)?,
+        &read_f32("nms", &scores)?,
+        iou_threshold,
+    )?;
     Ok(to_index_tensor(&keep, &device))
 }
 
@@ -235,12 +275,17 @@ pub fn multiclass_nms<B: Backend>(
     let s = read_f32("multiclass_nms", &scores)?;
     let c = read_i64("multiclass_nms", &classes)?;
     check_inputs("multiclass_nms", &b, &s, Some(&c))?;
-    let candidates: Vec<usize> = (0..s.len()).filter(|&i| s[i] >= options.score_threshold).collect();
+    let candidates: Vec<usize> = (0..s.len())
+        .filter(|&i| s[i] >= options.score_threshold)
+        .collect();
     let mut candidates = sort_desc(&s, candidates);
     if let Some(k) = options.pre_nms_top_k {
         candidates.truncate(k);
     }
-    let sub_b: Vec<f32> = candidates.iter().flat_map(|&i| b[i * 4..i * 4 + 4].to_vec()).collect();
+    let sub_b: Vec<f32> = candidates
+        .iter()
+        .flat_map(|&i| b[i * 4..i * 4 + 4].to_vec())
+        .collect();
     let sub_s: Vec<f32> = candidates.iter().map(|&i| s[i]).collect();
     let sub_c: Vec<i64> = candidates.iter().map(|&i| c[i]).collect();
     let mut keep: Vec<usize> = batched_nms_slice(&sub_b, &sub_s, &sub_c, options.iou_threshold)?

@@ -28,7 +28,12 @@ pub struct RoiAlignOptions {
 impl RoiAlignOptions {
     /// `output_size × output_size`, adaptive sampling, `aligned = true`.
     pub fn new(output_size: usize, spatial_scale: f32) -> Self {
-        Self { output_size: [output_size, output_size], spatial_scale, sampling_ratio: 0, aligned: true }
+        Self {
+            output_size: [output_size, output_size],
+            spatial_scale,
+            sampling_ratio: 0,
+            aligned: true,
+        }
     }
 }
 
@@ -96,7 +101,12 @@ fn plan(rois: &[f32], n: usize, h: usize, w: usize, o: &RoiAlignOptions) -> Resu
         }
         let value = [roi[1], roi[2], roi[3], roi[4]];
         crate::ops::validate_box_slice("roi_align", &value).map_err(|e| match e {
-            DetError::InvalidBox { op, value, why, .. } => DetError::InvalidBox { op, index: r, value, why },
+            DetError::InvalidBox { op, value, why, .. } => DetError::InvalidBox {
+                op,
+                index: r,
+                value,
+                why,
+            },
             other => other,
         })?;
         let base = (b as usize * h * w) as i64;
@@ -116,7 +126,10 @@ fn plan(rois: &[f32], n: usize, h: usize, w: usize, o: &RoiAlignOptions) -> Resu
         let (grid_h, grid_w) = if o.sampling_ratio > 0 {
             (o.sampling_ratio, o.sampling_ratio)
         } else {
-            ((roi_h / ph as f32).ceil() as usize, (roi_w / pw as f32).ceil() as usize)
+            (
+                (roi_h / ph as f32).ceil() as usize,
+                (roi_w / pw as f32).ceil() as usize,
+            )
         };
         let count = (grid_h * grid_w).max(1) as f32;
         for py in 0..ph {
@@ -125,7 +138,8 @@ fn plan(rois: &[f32], n: usize, h: usize, w: usize, o: &RoiAlignOptions) -> Resu
                 for iy in 0..grid_h {
                     let y = start_h + py as f32 * bin_h + (iy as f32 + 0.5) * bin_h / grid_h as f32;
                     for ix in 0..grid_w {
-                        let x = start_w + px as f32 * bin_w + (ix as f32 + 0.5) * bin_w / grid_w as f32;
+                        let x =
+                            start_w + px as f32 * bin_w + (ix as f32 + 0.5) * bin_w / grid_w as f32;
                         bilinear_taps(y, x, h, w, base, &mut taps);
                     }
                 }
@@ -145,7 +159,11 @@ fn plan(rois: &[f32], n: usize, h: usize, w: usize, o: &RoiAlignOptions) -> Resu
             weight[i * samples + j] = wt;
         }
     }
-    Ok(Plan { index, weight, samples })
+    Ok(Plan {
+        index,
+        weight,
+        samples,
+    })
 }
 
 /// Elements of the largest intermediate gather buffer (per chunk of RoIs).
@@ -162,16 +180,35 @@ const CHUNK_ELEMENTS: usize = 1 << 24;
 /// # Errors
 /// Wrong shapes, a batch index that is not an integer in `0..N`, boxes with `x2 < x1`,
 /// `y2 < y1` or non-finite coordinates, a zero output size.
-pub fn roi_align<B: Backend>(features: Tensor<B, 4>, rois: Tensor<B, 2>, options: &RoiAlignOptions) -> Result<Tensor<B, 4>> {
+pub fn roi_align<B: Backend>(
+    features: Tensor<B, 4>,
+    rois: Tensor<B, 2>,
+    options: &RoiAlignOptions,
+) -> Result<Tensor<B, 4>> {
     let [n, c, h, w] = features.dims();
     let dr = rois.dims();
-    ensure_shape(dr[1] == 5, "roi_align", "rois", &dr, "[K, 5] (batch_index, x1, y1, x2, y2)")?;
-    ensure_shape(h > 0 && w > 0, "roi_align", "features", &[n, c, h, w], "[N, C, H, W] with H, W > 0")?;
+    ensure_shape(
+        dr[1] == 5,
+        "roi_align",
+        "rois",
+        &dr,
+        "[K, 5] (batch_index, x1, y1, x2, y2)",
+    )?;
+    ensure_shape(
+        h > 0 && w > 0,
+        "roi_align",
+        "features",
+        &[n, c, h, w],
+        "[N, C, H, W] with H, W > 0",
+    )?;
     let [ph, pw] = options.output_size;
     if ph == 0 || pw == 0 || !options.spatial_scale.is_finite() {
         return Err(DetError::InvalidOption {
             op: "roi_align",
-            why: format!("output_size {:?} and spatial_scale {} must be positive and finite", options.output_size, options.spatial_scale),
+            why: format!(
+                "output_size {:?} and spatial_scale {} must be positive and finite",
+                options.output_size, options.spatial_scale
+            ),
         });
     }
     let device = features.device();
@@ -179,11 +216,14 @@ pub fn roi_align<B: Backend>(features: Tensor<B, 4>, rois: Tensor<B, 2>, options
     if k == 0 {
         return Ok(Tensor::zeros([0, c, ph, pw], &device));
     }
-    let host: Vec<f32> = rois
-        .to_data()
-        .convert::<f32>()
-        .to_vec()
-        .map_err(|e| DetError::InvalidOption { op: "roi_align", why: format!("could not read rois: {e:?}") })?;
+    let host: Vec<f32> =
+        rois.to_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| DetError::InvalidOption {
+                op: "roi_align",
+                why: format!("could not read rois: {e:?}"),
+            })?;
     let plan = plan(&host, n, h, w, options)?;
     let s = plan.samples;
     let bins_per_roi = ph * pw;
@@ -195,12 +235,20 @@ pub fn roi_align<B: Backend>(features: Tensor<B, 4>, rois: Tensor<B, 2>, options
         let r1 = (r0 + rois_per_chunk).min(k);
         let (a, b) = (r0 * bins_per_roi * s, r1 * bins_per_roi * s);
         let m = b - a;
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(plan.index[a..b].to_vec(), [m]), &device);
-        let wt = Tensor::<B, 2>::from_data(TensorData::new(plan.weight[a..b].to_vec(), [m, 1]), &device);
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(plan.index[a..b].to_vec(), [m]),
+            &device,
+        );
+        let wt =
+            Tensor::<B, 2>::from_data(TensorData::new(plan.weight[a..b].to_vec(), [m, 1]), &device);
         let gathered = flat.clone().select(0, idx) * wt; // [m, C]
         let pooled = gathered.reshape([r1 - r0, bins_per_roi, s, c]).sum_dim(2); // [r, PH*PW, 1, C]
         chunks.push(pooled.reshape([r1 - r0, ph, pw, c]).permute([0, 3, 1, 2]));
         r0 = r1;
     }
-    Ok(if chunks.len() == 1 { chunks.pop().expect("one chunk") } else { Tensor::cat(chunks, 0) })
+    Ok(if chunks.len() == 1 {
+        chunks.pop().expect("one chunk")
+    } else {
+        Tensor::cat(chunks, 0)
+    })
 }

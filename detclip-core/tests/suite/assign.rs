@@ -19,15 +19,26 @@ backend_test! {
 #[test]
 fn atss_preset_has_one_anchor_per_cell_on_p3_to_p7() {
     let g = AnchorGenerator::atss();
-    let levels = g.grid_anchors_host(&[[4, 4], [2, 2], [1, 1], [1, 1], [1, 1]]).unwrap();
-    assert_eq!(levels.iter().map(Vec::len).collect::<Vec<_>>(), vec![16, 4, 1, 1, 1]);
+    let levels = g
+        .grid_anchors_host(&[[4, 4], [2, 2], [1, 1], [1, 1], [1, 1]])
+        .unwrap();
+    assert_eq!(
+        levels.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![16, 4, 1, 1, 1]
+    );
     // stride 8, size 64, mmdetection's centre offset 0: the cell (1, 2) anchor is centred at (8, 16)
-    assert_eq!(levels[0][2 * 4 + 1], [8.0 - 32.0, 16.0 - 32.0, 8.0 + 32.0, 16.0 + 32.0]);
+    assert_eq!(
+        levels[0][2 * 4 + 1],
+        [8.0 - 32.0, 16.0 - 32.0, 8.0 + 32.0, 16.0 + 32.0]
+    );
     assert_eq!(levels[4][0], [-512.0, -512.0, 512.0, 512.0]);
 }
 
 fn fixture_boxes(f: &Fixture, key: &str) -> Vec<[f32; 4]> {
-    f.f32s(key).chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
+    f.f32s(key)
+        .chunks_exact(4)
+        .map(|c| [c[0], c[1], c[2], c[3]])
+        .collect()
 }
 
 #[test]
@@ -38,7 +49,11 @@ fn atss_matches_mmdetection() {
     let counts: Vec<usize> = f.i64s("counts").into_iter().map(|c| c as usize).collect();
     let a = atss_assign(&anchors, &counts, &gt, &AtssOptions::default()).unwrap();
     // mmdetection: 0 = background, g + 1 = ground-truth box g
-    let ours: Vec<i64> = a.gt_index.iter().map(|g| g.map_or(0, |g| g as i64 + 1)).collect();
+    let ours: Vec<i64> = a
+        .gt_index
+        .iter()
+        .map(|g| g.map_or(0, |g| g as i64 + 1))
+        .collect();
     assert_eq!(ours, f.i64s("gt_inds"));
     let expected_iou = f.f32s("max_overlaps");
     for (i, g) in a.gt_index.iter().enumerate() {
@@ -48,7 +63,16 @@ fn atss_matches_mmdetection() {
     }
     // the fixture exercises the centre-inside rule: without it, box 3 (a thin strip between
     // anchor rows) would get positives
-    let loose = atss_assign(&anchors, &counts, &gt, &AtssOptions { center_eps: f32::NEG_INFINITY, ..Default::default() }).unwrap();
+    let loose = atss_assign(
+        &anchors,
+        &counts,
+        &gt,
+        &AtssOptions {
+            center_eps: f32::NEG_INFINITY,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(!a.gt_index.contains(&Some(3)));
     assert!(loose.gt_index.contains(&Some(3)));
 }
@@ -63,7 +87,10 @@ fn atss_hand_worked() {
             anchors.push([cx - 5.0, cy - 5.0, cx + 5.0, cy + 5.0]);
         }
     }
-    let opts = AtssOptions { top_k: 3, center_eps: 0.01 };
+    let opts = AtssOptions {
+        top_k: 3,
+        center_eps: 0.01,
+    };
     // gt centre (7, 6.5): candidates (10,10) IoU 56/176, (10,0) 32/200, (0,10) 28/204;
     // threshold = mean + std = 0.30369 -> only anchor 4 = (10,10)
     let one = atss_assign(&anchors, &[9], &[[1.0, 1.0, 13.0, 12.0]], &opts).unwrap();
@@ -74,11 +101,22 @@ fn atss_hand_worked() {
     let std = (((i1 - mean).powi(2) + (i2 - mean).powi(2) + (i3 - mean).powi(2)) / 2.0).sqrt();
     assert!((one.thresholds[0] - (mean + std)).abs() < 1e-6);
     // a second box centred on anchor 4 with IoU 100/144 takes it: highest IoU wins
-    let two = atss_assign(&anchors, &[9], &[[1.0, 1.0, 13.0, 12.0], [4.0, 4.0, 16.0, 16.0]], &opts).unwrap();
+    let two = atss_assign(
+        &anchors,
+        &[9],
+        &[[1.0, 1.0, 13.0, 12.0], [4.0, 4.0, 16.0, 16.0]],
+        &opts,
+    )
+    .unwrap();
     assert_eq!(two.gt_index[4], Some(1));
     assert!((two.iou[4] - 100.0 / 144.0).abs() < 1e-6);
     assert_eq!(two.positives(), vec![4]);
     // no boxes: all background; inconsistent level counts: an error
-    assert!(atss_assign(&anchors, &[9], &[], &opts).unwrap().positives().is_empty());
+    assert!(
+        atss_assign(&anchors, &[9], &[], &opts)
+            .unwrap()
+            .positives()
+            .is_empty()
+    );
     assert!(atss_assign(&anchors, &[4, 4], &[[0.0, 0.0, 1.0, 1.0]], &opts).is_err());
 }

@@ -3,7 +3,9 @@
 use burn::prelude::*;
 use detclip_core::DetError;
 use detclip_core::loss::{Reduction, giou_loss};
-use detclip_core::ops::{BoxFormat, box_convert, box_iou, clip_boxes, generalized_box_iou, validate_boxes};
+use detclip_core::ops::{
+    BoxFormat, box_convert, box_iou, clip_boxes, generalized_box_iou, validate_boxes,
+};
 
 use crate::harness::{Fixture, assert_close, to_vec};
 

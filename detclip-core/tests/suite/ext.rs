@@ -59,3 +59,17 @@ backend_test! {
         assert!(err.contains("sigmoid_gate") && err.contains("[3, 2]"), "{err}");
     }
 }
+
+backend_test! {
+    fn the_selected_backend_is_the_one_that_runs<B>(device) {
+        let name = B::name(device).to_lowercase();
+        let spec = crate::harness::spec().to_string();
+        let want = match spec.split(':').next().unwrap() {
+            "cpu" => "ndarray",
+            other => other,
+        };
+        eprintln!("DETCLIP_BACKEND={spec}: running on {name}");
+        assert!(name.contains(want), "asked for {spec}, running on {name}");
+        assert!(name.contains("autodiff"), "{name}");
+    }
+}

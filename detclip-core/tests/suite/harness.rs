@@ -45,16 +45,26 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn load(name: &str) -> Self {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
         let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!("fixture {} is missing ({e}); run scripts/fixtures/*.py", path.display())
+            panic!(
+                "fixture {} is missing ({e}); run scripts/fixtures/*.py",
+                path.display()
+            )
         });
-        Self { name: name.into(), bytes }
+        Self {
+            name: name.into(),
+            bytes,
+        }
     }
 
     fn view(&self, key: &str) -> (Dtype, Vec<usize>, Vec<u8>) {
         let st = SafeTensors::deserialize(&self.bytes).expect("valid safetensors");
-        let t = st.tensor(key).unwrap_or_else(|_| panic!("{}: no tensor `{key}`", self.name));
+        let t = st
+            .tensor(key)
+            .unwrap_or_else(|_| panic!("{}: no tensor `{key}`", self.name));
         (t.dtype(), t.shape().to_vec(), t.data().to_vec())
     }
 
@@ -65,18 +75,32 @@ impl Fixture {
     pub fn f32s(&self, key: &str) -> Vec<f32> {
         let (dtype, _, data) = self.view(key);
         assert_eq!(dtype, Dtype::F32, "{}: `{key}` is not f32", self.name);
-        data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        data.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
     }
 
     pub fn i64s(&self, key: &str) -> Vec<i64> {
         let (dtype, _, data) = self.view(key);
         assert_eq!(dtype, Dtype::I64, "{}: `{key}` is not i64", self.name);
-        data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+        data.chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
 
-    pub fn tensor<B: Backend, const D: usize>(&self, key: &str, device: &B::Device) -> Tensor<B, D> {
+    pub fn tensor<B: Backend, const D: usize>(
+        &self,
+        key: &str,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
         let shape = self.shape(key);
-        assert_eq!(shape.len(), D, "{}: `{key}` has rank {}", self.name, shape.len());
+        assert_eq!(
+            shape.len(),
+            D,
+            "{}: `{key}` has rank {}",
+            self.name,
+            shape.len()
+        );
         Tensor::from_data(TensorData::new(self.f32s(key), shape), device)
     }
 }
@@ -91,7 +115,13 @@ pub fn to_i64<B: Backend>(t: Tensor<B, 1, Int>) -> Vec<i64> {
 
 /// Asserts `|a − e| ≤ atol + rtol·|e|` elementwise (NaN matches NaN only).
 pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], atol: f32, rtol: f32) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length {} vs {}", actual.len(), expected.len());
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "{what}: length {} vs {}",
+        actual.len(),
+        expected.len()
+    );
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
         if a.is_nan() && e.is_nan() {
             continue;
@@ -106,5 +136,9 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], atol: f32, rto
 
 /// Max absolute difference, printed in the parity notes.
 pub fn max_abs_diff(actual: &[f32], expected: &[f32]) -> f32 {
-    actual.iter().zip(expected).map(|(a, e)| (a - e).abs()).fold(0.0, f32::max)
+    actual
+        .iter()
+        .zip(expected)
+        .map(|(a, e)| (a - e).abs())
+        .fold(0.0, f32::max)
 }
