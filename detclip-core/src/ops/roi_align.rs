@@ -37,13 +37,6 @@ impl RoiAlignOptions {
     }
 }
 
-/// Gather plan for a set of RoIs: for each output bin, `samples` (feature row, weight) pairs.
-struct Plan {
-    index: Vec<i64>,
-    weight: Vec<f32>,
-    samples: usize,
-}
-
 /// Row of one bilinear corner and its weight.
 type Tap = (i64, f32);
 
@@ -86,84 +79,60 @@ fn bilinear_taps(mut y: f32, mut x: f32, h: usize, w: usize, base: i64, out: &mu
     out.push((row(y_high, x_high), ly * lx));
 }
 
-fn plan(rois: &[f32], n: usize, h: usize, w: usize, o: &RoiAlignOptions) -> Result<Plan> {
+/// The bilinear taps of every output bin of one RoI (weights already divided by the
+/// number of samples), row-major over the output grid.
+fn roi_taps(r: usize, roi: &[f32], n: usize, h: usize, w: usize, o: &RoiAlignOptions) -> Result<Vec<Vec<Tap>>> {
     let [ph, pw] = o.output_size;
-    let k = rois.len() / 5;
-    let mut bins: Vec<Vec<Tap>> = Vec::with_capacity(k * ph * pw);
-    for r in 0..k {
-        let roi = &rois[r * 5..r * 5 + 5];
-        let b = roi[0];
-        if !(b >= 0.0 && b.fract() == 0.0 && (b as usize) < n) {
-            return Err(DetError::InvalidOption {
-                op: "roi_align",
-                why: format!("roi {r} has batch index {b}, but the batch has {n} images"),
-            });
-        }
-        let value = [roi[1], roi[2], roi[3], roi[4]];
-        crate::ops::validate_box_slice("roi_align", &value).map_err(|e| match e {
-            DetError::InvalidBox { op, value, why, .. } => DetError::InvalidBox {
-                op,
-                index: r,
-                value,
-                why,
-            },
-            other => other,
-        })?;
-        let base = (b as usize * h * w) as i64;
-        let offset = if o.aligned { 0.5 } else { 0.0 };
-        let start_w = roi[1] * o.spatial_scale - offset;
-        let start_h = roi[2] * o.spatial_scale - offset;
-        let end_w = roi[3] * o.spatial_scale - offset;
-        let end_h = roi[4] * o.spatial_scale - offset;
-        let mut roi_w = end_w - start_w;
-        let mut roi_h = end_h - start_h;
-        if !o.aligned {
-            roi_w = roi_w.max(1.0);
-            roi_h = roi_h.max(1.0);
-        }
-        let bin_h = roi_h / ph as f32;
-        let bin_w = roi_w / pw as f32;
-        let (grid_h, grid_w) = if o.sampling_ratio > 0 {
-            (o.sampling_ratio, o.sampling_ratio)
-        } else {
-            (
-                (roi_h / ph as f32).ceil() as usize,
-                (roi_w / pw as f32).ceil() as usize,
-            )
-        };
-        let count = (grid_h * grid_w).max(1) as f32;
-        for py in 0..ph {
-            for px in 0..pw {
-                let mut taps = Vec::with_capacity(grid_h * grid_w * 4);
-                for iy in 0..grid_h {
-                    let y = start_h + py as f32 * bin_h + (iy as f32 + 0.5) * bin_h / grid_h as f32;
-                    for ix in 0..grid_w {
-                        let x =
-                            start_w + px as f32 * bin_w + (ix as f32 + 0.5) * bin_w / grid_w as f32;
-                        bilinear_taps(y, x, h, w, base, &mut taps);
-                    }
+    let b = roi[0];
+    if !(b >= 0.0 && b.fract() == 0.0 && (b as usize) < n) {
+        return Err(DetError::InvalidOption {
+            op: "roi_align",
+            why: format!("roi {r} has batch index {b}, but the batch has {n} images"),
+        });
+    }
+    let value = [roi[1], roi[2], roi[3], roi[4]];
+    crate::ops::validate_box_slice("roi_align", &value).map_err(|e| match e {
+        DetError::InvalidBox { op, value, why, .. } => DetError::InvalidBox { op, index: r, value, why },
+        other => other,
+    })?;
+    let base = (b as usize * h * w) as i64;
+    let offset = if o.aligned { 0.5 } else { 0.0 };
+    let start_w = roi[1] * o.spatial_scale - offset;
+    let start_h = roi[2] * o.spatial_scale - offset;
+    let end_w = roi[3] * o.spatial_scale - offset;
+    let end_h = roi[4] * o.spatial_scale - offset;
+    let mut roi_w = end_w - start_w;
+    let mut roi_h = end_h - start_h;
+    if !o.aligned {
+        roi_w = roi_w.max(1.0);
+        roi_h = roi_h.max(1.0);
+    }
+    let bin_h = roi_h / ph as f32;
+    let bin_w = roi_w / pw as f32;
+    let (grid_h, grid_w) = if o.sampling_ratio > 0 {
+        (o.sampling_ratio, o.sampling_ratio)
+    } else {
+        ((roi_h / ph as f32).ceil() as usize, (roi_w / pw as f32).ceil() as usize)
+    };
+    let count = (grid_h * grid_w).max(1) as f32;
+    let mut bins = Vec::with_capacity(ph * pw);
+    for py in 0..ph {
+        for px in 0..pw {
+            let mut taps = Vec::with_capacity(grid_h * grid_w * 4);
+            for iy in 0..grid_h {
+                let y = start_h + py as f32 * bin_h + (iy as f32 + 0.5) * bin_h / grid_h as f32;
+                for ix in 0..grid_w {
+                    let x = start_w + px as f32 * bin_w + (ix as f32 + 0.5) * bin_w / grid_w as f32;
+                    bilinear_taps(y, x, h, w, base, &mut taps);
                 }
-                for t in taps.iter_mut() {
-                    t.1 /= count;
-                }
-                bins.push(taps);
             }
+            for t in taps.iter_mut() {
+                t.1 /= count;
+            }
+            bins.push(taps);
         }
     }
-    let samples = bins.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let mut index = vec![0i64; bins.len() * samples];
-    let mut weight = vec![0f32; bins.len() * samples];
-    for (i, taps) in bins.iter().enumerate() {
-        for (j, &(row, wt)) in taps.iter().enumerate() {
-            index[i * samples + j] = row;
-            weight[i * samples + j] = wt;
-        }
-    }
-    Ok(Plan {
-        index,
-        weight,
-        samples,
-    })
+    Ok(bins)
 }
 
 /// Elements of the largest intermediate gather buffer (per chunk of RoIs).
@@ -224,31 +193,46 @@ pub fn roi_align<B: Backend>(
                 op: "roi_align",
                 why: format!("could not read rois: {e:?}"),
             })?;
-    let plan = plan(&host, n, h, w, options)?;
-    let s = plan.samples;
+    // RoIs are grouped by their number of taps per bin, so a large RoI (many adaptive
+    // samples) does not pad the gather of the small ones.
+    let mut groups: std::collections::BTreeMap<usize, Vec<(usize, Vec<Vec<Tap>>)>> = Default::default();
+    for r in 0..k {
+        let bins = roi_taps(r, &host[r * 5..r * 5 + 5], n, h, w, options)?;
+        let taps = bins.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        groups.entry(taps).or_default().push((r, bins));
+    }
     let bins_per_roi = ph * pw;
     let flat = features.permute([0, 2, 3, 1]).reshape([n * h * w, c]);
-    let rois_per_chunk = (CHUNK_ELEMENTS / (bins_per_roi * s * c.max(1))).max(1);
     let mut chunks = Vec::new();
-    let mut r0 = 0;
-    while r0 < k {
-        let r1 = (r0 + rois_per_chunk).min(k);
-        let (a, b) = (r0 * bins_per_roi * s, r1 * bins_per_roi * s);
-        let m = b - a;
-        let idx = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(plan.index[a..b].to_vec(), [m]),
-            &device,
-        );
-        let wt =
-            Tensor::<B, 2>::from_data(TensorData::new(plan.weight[a..b].to_vec(), [m, 1]), &device);
-        let gathered = flat.clone().select(0, idx) * wt; // [m, C]
-        let pooled = gathered.reshape([r1 - r0, bins_per_roi, s, c]).sum_dim(2); // [r, PH*PW, 1, C]
-        chunks.push(pooled.reshape([r1 - r0, ph, pw, c]).permute([0, 3, 1, 2]));
-        r0 = r1;
+    let mut order = Vec::with_capacity(k);
+    for (s, members) in groups {
+        let rois_per_chunk = (CHUNK_ELEMENTS / (bins_per_roi * s * c.max(1))).max(1);
+        for chunk in members.chunks(rois_per_chunk) {
+            let m = chunk.len() * bins_per_roi * s;
+            let mut index = vec![0i64; m];
+            let mut weight = vec![0f32; m];
+            for (i, bin) in chunk.iter().flat_map(|(_, bins)| bins).enumerate() {
+                for (j, &(row, wt)) in bin.iter().enumerate() {
+                    index[i * s + j] = row;
+                    weight[i * s + j] = wt;
+                }
+            }
+            order.extend(chunk.iter().map(|(r, _)| *r as i64));
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [m]), &device);
+            let wt = Tensor::<B, 2>::from_data(TensorData::new(weight, [m, 1]), &device);
+            let gathered = flat.clone().select(0, idx) * wt; // [m, C]
+            let pooled = gathered.reshape([chunk.len(), bins_per_roi, s, c]).sum_dim(2);
+            chunks.push(pooled.reshape([chunk.len(), ph, pw, c]).permute([0, 3, 1, 2]));
+        }
     }
-    Ok(if chunks.len() == 1 {
-        chunks.pop().expect("one chunk")
-    } else {
-        Tensor::cat(chunks, 0)
-    })
+    let out = if chunks.len() == 1 { chunks.pop().expect("one chunk") } else { Tensor::cat(chunks, 0) };
+    // Back to the input order of the RoIs.
+    if order.iter().enumerate().all(|(i, &r)| i as i64 == r) {
+        return Ok(out);
+    }
+    let mut inverse = vec![0i64; k];
+    for (pos, &r) in order.iter().enumerate() {
+        inverse[r as usize] = pos as i64;
+    }
+    Ok(out.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(inverse, [k]), &device)))
 }
