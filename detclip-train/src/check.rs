@@ -11,7 +11,9 @@ use detclip_core::assign::{AnchorGenerator, AtssOptions, atss_assign};
 use detclip_core::backend::{BackendTask, NdArrayBackend};
 use detclip_core::ext::{DetclipAutodiffBackend, sigmoid_gate};
 use detclip_core::loss::{Reduction, sigmoid_focal_loss};
-use detclip_core::ops::{DeltaBoxCoder, NmsOptions, RoiAlignOptions, box_iou, clip_boxes, multiclass_nms, roi_align};
+use detclip_core::ops::{
+    DeltaBoxCoder, NmsOptions, RoiAlignOptions, box_iou, clip_boxes, multiclass_nms, roi_align,
+};
 use serde::Serialize;
 
 /// One line of the report.
@@ -59,7 +61,10 @@ pub struct Check {
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<f32>, [usize; D]) {
     let dims = t.dims();
-    (t.into_data().convert::<f32>().to_vec().expect("f32 data"), dims)
+    (
+        t.into_data().convert::<f32>().to_vec().expect("f32 data"),
+        dims,
+    )
 }
 
 fn to<B: Backend, const D: usize>(v: &(Vec<f32>, [usize; D]), device: &B::Device) -> Tensor<B, D> {
@@ -70,7 +75,13 @@ fn max_err(a: &[f32], b: &[f32]) -> f32 {
     if a.len() != b.len() {
         return f32::INFINITY;
     }
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0.0,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
 }
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
@@ -89,20 +100,43 @@ impl BackendTask for Check {
         B::seed(&device, self.seed);
         let mut lines = Vec::new();
         let mut line = |op: &str, err: f32, tolerance: f32, millis: f64| {
-            lines.push(CheckLine { op: op.into(), max_abs_err: err, tolerance, millis })
+            lines.push(CheckLine {
+                op: op.into(),
+                max_abs_err: err,
+                tolerance,
+                millis,
+            })
         };
 
         // 1. The custom kernel, forward and backward, against Burn's own ops on the CPU.
-        let x = host(Tensor::<B, 4>::random([2, 256, 50, 68], Distribution::Normal(0.0, 1.0), &device));
-        let g = host(Tensor::<B, 4>::random([2, 256, 50, 68], Distribution::Normal(0.0, 2.0), &device));
+        let x = host(Tensor::<B, 4>::random(
+            [2, 256, 50, 68],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ));
+        let g = host(Tensor::<B, 4>::random(
+            [2, 256, 50, 68],
+            Distribution::Normal(0.0, 2.0),
+            &device,
+        ));
         let (dev, ms) = timed(|| {
-            let (xd, gd) = (to::<B, 4>(&x, &device).require_grad(), to::<B, 4>(&g, &device).require_grad());
+            let (xd, gd) = (
+                to::<B, 4>(&x, &device).require_grad(),
+                to::<B, 4>(&g, &device).require_grad(),
+            );
             let y = sigmoid_gate(xd.clone(), gd.clone())?;
             let grads = y.clone().sum().backward();
-            Ok::<_, detclip_core::DetError>((host(y), host(xd.grad(&grads).expect("x grad")), host(gd.grad(&grads).expect("g grad"))))
+            Ok::<_, detclip_core::DetError>((
+                host(y),
+                host(xd.grad(&grads).expect("x grad")),
+                host(gd.grad(&grads).expect("g grad")),
+            ))
         });
         let (y, dx, dg) = dev?;
-        let (xc, gc) = (to::<Cpu, 4>(&x, &cpu).require_grad(), to::<Cpu, 4>(&g, &cpu).require_grad());
+        let (xc, gc) = (
+            to::<Cpu, 4>(&x, &cpu).require_grad(),
+            to::<Cpu, 4>(&g, &cpu).require_grad(),
+        );
         let yc = xc.clone() * sigmoid(gc.clone());
         let grads = yc.clone().sum().backward();
         let err = max_err(&y.0, &host(yc).0)
@@ -114,29 +148,68 @@ impl BackendTask for Check {
         let sizes = [[100, 136], [50, 68], [25, 34], [13, 17], [7, 9]];
         let (anchors, counts) = AnchorGenerator::atss().grid_anchors::<B>(&sizes, &device)?;
         let n = anchors.dims()[0];
-        let deltas = host(Tensor::<B, 2>::random([n, 4], Distribution::Normal(0.0, 0.3), &device));
+        let deltas = host(Tensor::<B, 2>::random(
+            [n, 4],
+            Distribution::Normal(0.0, 0.3),
+            &device,
+        ));
         let anchors_h = host(anchors.clone());
         let coder = DeltaBoxCoder::default();
         let (boxes, ms) = timed(|| -> detclip_core::Result<_> {
-            Ok(host(clip_boxes(coder.decode(to::<B, 2>(&deltas, &device), anchors.clone())?, 800.0, 1088.0)?))
+            Ok(host(clip_boxes(
+                coder.decode(to::<B, 2>(&deltas, &device), anchors.clone())?,
+                800.0,
+                1088.0,
+            )?))
         });
         let boxes = boxes?;
-        let boxes_cpu = clip_boxes(coder.decode(to::<Cpu, 2>(&deltas, &cpu), to::<Cpu, 2>(&anchors_h, &cpu))?, 800.0, 1088.0)?;
-        line(&format!("decode + clip {n} boxes"), max_err(&boxes.0, &host(boxes_cpu).0), 1e-3, ms);
+        let boxes_cpu = clip_boxes(
+            coder.decode(to::<Cpu, 2>(&deltas, &cpu), to::<Cpu, 2>(&anchors_h, &cpu))?,
+            800.0,
+            1088.0,
+        )?;
+        line(
+            &format!("decode + clip {n} boxes"),
+            max_err(&boxes.0, &host(boxes_cpu).0),
+            1e-3,
+            ms,
+        );
 
         // 3. IoU of 1000 boxes against 100.
         let a = (boxes.0[..4000].to_vec(), [1000, 4]);
         let b = (boxes.0[4000..4400].to_vec(), [100, 4]);
-        let (iou, ms) = timed(|| box_iou(to::<B, 2>(&a, &device), to::<B, 2>(&b, &device)).map(host));
+        let (iou, ms) =
+            timed(|| box_iou(to::<B, 2>(&a, &device), to::<B, 2>(&b, &device)).map(host));
         let iou_cpu = box_iou(to::<Cpu, 2>(&a, &cpu), to::<Cpu, 2>(&b, &cpu))?;
-        line("box_iou 1000×100", max_err(&iou?.0, &host(iou_cpu).0), 1e-5, ms);
+        line(
+            "box_iou 1000×100",
+            max_err(&iou?.0, &host(iou_cpu).0),
+            1e-5,
+            ms,
+        );
 
         // 4. Class-aware NMS with the detector's post-processing options.
-        let scores = host(Tensor::<B, 1>::random([n], Distribution::Uniform(0.0, 1.0), &device));
+        let scores = host(Tensor::<B, 1>::random(
+            [n],
+            Distribution::Uniform(0.0, 1.0),
+            &device,
+        ));
         let classes: Vec<i64> = (0..n as i64).map(|i| (i * 7919) % 80).collect();
-        let opts = NmsOptions { iou_threshold: 0.6, score_threshold: 0.05, pre_nms_top_k: Some(1000), max_detections: Some(100) };
+        let opts = NmsOptions {
+            iou_threshold: 0.6,
+            score_threshold: 0.05,
+            pre_nms_top_k: Some(1000),
+            max_detections: Some(100),
+        };
         let cls = |d: &_| Tensor::<B, 1, Int>::from_data(TensorData::new(classes.clone(), [n]), d);
-        let (keep, ms) = timed(|| multiclass_nms(to::<B, 2>(&boxes, &device), to::<B, 1>(&scores, &device), cls(&device), &opts));
+        let (keep, ms) = timed(|| {
+            multiclass_nms(
+                to::<B, 2>(&boxes, &device),
+                to::<B, 1>(&scores, &device),
+                cls(&device),
+                &opts,
+            )
+        });
         let keep: Vec<i64> = keep?.into_data().convert::<i64>().to_vec().expect("ints");
         let keep_cpu: Vec<i64> = multiclass_nms(
             to::<Cpu, 2>(&boxes, &cpu),
@@ -148,14 +221,32 @@ impl BackendTask for Check {
         .convert::<i64>()
         .to_vec()
         .expect("ints");
-        line(&format!("multiclass_nms {n} boxes → {}", keep.len()), if keep == keep_cpu { 0.0 } else { f32::INFINITY }, 0.0, ms);
+        line(
+            &format!("multiclass_nms {n} boxes → {}", keep.len()),
+            if keep == keep_cpu { 0.0 } else { f32::INFINITY },
+            0.0,
+            ms,
+        );
 
         // 5. RoIAlign of the kept boxes on a stride-8 map, forward and input gradient.
-        let feats = host(Tensor::<B, 4>::random([1, 64, 100, 136], Distribution::Normal(0.0, 1.0), &device));
-        let rois: Vec<f32> = keep.iter().flat_map(|&k| {
-            let k = k as usize;
-            [0.0, boxes.0[4 * k], boxes.0[4 * k + 1], boxes.0[4 * k + 2], boxes.0[4 * k + 3]]
-        }).collect();
+        let feats = host(Tensor::<B, 4>::random(
+            [1, 64, 100, 136],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ));
+        let rois: Vec<f32> = keep
+            .iter()
+            .flat_map(|&k| {
+                let k = k as usize;
+                [
+                    0.0,
+                    boxes.0[4 * k],
+                    boxes.0[4 * k + 1],
+                    boxes.0[4 * k + 2],
+                    boxes.0[4 * k + 3],
+                ]
+            })
+            .collect();
         let rois = (rois, [keep.len(), 5]);
         let ropts = RoiAlignOptions::new(7, 1.0 / 8.0);
         let (pooled, ms) = timed(|| -> detclip_core::Result<_> {
@@ -168,13 +259,30 @@ impl BackendTask for Check {
         let fc = to::<Cpu, 4>(&feats, &cpu).require_grad();
         let out_cpu = roi_align(fc.clone(), to::<Cpu, 2>(&rois, &cpu), &ropts)?;
         let grads = out_cpu.clone().sum().backward();
-        let err = max_err(&pooled.0, &host(out_cpu).0).max(max_err(&pooled_grad.0, &host(fc.grad(&grads).expect("grad")).0));
-        line(&format!("roi_align 7×7 of {} RoIs fwd+bwd", keep.len()), err, 1e-4, ms);
+        let err = max_err(&pooled.0, &host(out_cpu).0).max(max_err(
+            &pooled_grad.0,
+            &host(fc.grad(&grads).expect("grad")).0,
+        ));
+        line(
+            &format!("roi_align 7×7 of {} RoIs fwd+bwd", keep.len()),
+            err,
+            1e-4,
+            ms,
+        );
 
         // 6. ATSS on the anchors for three boxes, then the focal loss of the assignment.
-        let gt = [[100.0f32, 120.0, 400.0, 500.0], [600.0, 50.0, 700.0, 90.0], [10.0, 600.0, 1000.0, 790.0]];
-        let anchor_list: Vec<[f32; 4]> = anchors_h.0.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
-        let (assign, ms_assign) = timed(|| atss_assign(&anchor_list, &counts, &gt, &AtssOptions::default()));
+        let gt = [
+            [100.0f32, 120.0, 400.0, 500.0],
+            [600.0, 50.0, 700.0, 90.0],
+            [10.0, 600.0, 1000.0, 790.0],
+        ];
+        let anchor_list: Vec<[f32; 4]> = anchors_h
+            .0
+            .chunks_exact(4)
+            .map(|c| [c[0], c[1], c[2], c[3]])
+            .collect();
+        let (assign, ms_assign) =
+            timed(|| atss_assign(&anchor_list, &counts, &gt, &AtssOptions::default()));
         let assign = assign?;
         let mut targets = vec![0.0f32; n * 3];
         for (i, g) in assign.gt_index.iter().enumerate() {
@@ -183,21 +291,48 @@ impl BackendTask for Check {
             }
         }
         let targets = (targets, [n, 3]);
-        let logits = host(Tensor::<B, 2>::random([n, 3], Distribution::Normal(-4.0, 1.0), &device));
+        let logits = host(Tensor::<B, 2>::random(
+            [n, 3],
+            Distribution::Normal(-4.0, 1.0),
+            &device,
+        ));
         let (fl, ms) = timed(|| -> detclip_core::Result<_> {
             let l = to::<B, 2>(&logits, &device).require_grad();
-            let loss = sigmoid_focal_loss(l.clone(), to::<B, 2>(&targets, &device), 0.25, 2.0, Reduction::Sum)?;
+            let loss = sigmoid_focal_loss(
+                l.clone(),
+                to::<B, 2>(&targets, &device),
+                0.25,
+                2.0,
+                Reduction::Sum,
+            )?;
             let grads = loss.clone().backward();
             Ok((host(loss), host(l.grad(&grads).expect("grad"))))
         });
         let (fl, fl_grad) = fl?;
         let lc = to::<Cpu, 2>(&logits, &cpu).require_grad();
-        let loss_cpu = sigmoid_focal_loss(lc.clone(), to::<Cpu, 2>(&targets, &cpu), 0.25, 2.0, Reduction::Sum)?;
+        let loss_cpu = sigmoid_focal_loss(
+            lc.clone(),
+            to::<Cpu, 2>(&targets, &cpu),
+            0.25,
+            2.0,
+            Reduction::Sum,
+        )?;
         let grads = loss_cpu.clone().backward();
         let rel = (fl.0[0] - host(loss_cpu).0[0]).abs() / fl.0[0].abs().max(1.0);
         let err = rel.max(max_err(&fl_grad.0, &host(lc.grad(&grads).expect("grad")).0));
-        line(&format!("ATSS ({} positives, {ms_assign:.1} ms) + focal loss fwd+bwd", assign.positives().len()), err, 1e-4, ms);
+        line(
+            &format!(
+                "ATSS ({} positives, {ms_assign:.1} ms) + focal loss fwd+bwd",
+                assign.positives().len()
+            ),
+            err,
+            1e-4,
+            ms,
+        );
 
-        Ok(CheckReport { backend: B::name(&device), lines })
+        Ok(CheckReport {
+            backend: B::name(&device),
+            lines,
+        })
     }
 }

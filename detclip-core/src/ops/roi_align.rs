@@ -40,6 +40,9 @@ impl RoiAlignOptions {
 /// Row of one bilinear corner and its weight.
 type Tap = (i64, f32);
 
+/// The taps of every output bin of one RoI, with the RoI's index.
+type RoiTaps = (usize, Vec<Vec<Tap>>);
+
 fn bilinear_taps(mut y: f32, mut x: f32, h: usize, w: usize, base: i64, out: &mut Vec<Tap>) {
     if y < -1.0 || y > h as f32 || x < -1.0 || x > w as f32 {
         return;
@@ -81,7 +84,14 @@ fn bilinear_taps(mut y: f32, mut x: f32, h: usize, w: usize, base: i64, out: &mu
 
 /// The bilinear taps of every output bin of one RoI (weights already divided by the
 /// number of samples), row-major over the output grid.
-fn roi_taps(r: usize, roi: &[f32], n: usize, h: usize, w: usize, o: &RoiAlignOptions) -> Result<Vec<Vec<Tap>>> {
+fn roi_taps(
+    r: usize,
+    roi: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    o: &RoiAlignOptions,
+) -> Result<Vec<Vec<Tap>>> {
     let [ph, pw] = o.output_size;
     let b = roi[0];
     if !(b >= 0.0 && b.fract() == 0.0 && (b as usize) < n) {
@@ -92,7 +102,12 @@ fn roi_taps(r: usize, roi: &[f32], n: usize, h: usize, w: usize, o: &RoiAlignOpt
     }
     let value = [roi[1], roi[2], roi[3], roi[4]];
     crate::ops::validate_box_slice("roi_align", &value).map_err(|e| match e {
-        DetError::InvalidBox { op, value, why, .. } => DetError::InvalidBox { op, index: r, value, why },
+        DetError::InvalidBox { op, value, why, .. } => DetError::InvalidBox {
+            op,
+            index: r,
+            value,
+            why,
+        },
         other => other,
     })?;
     let base = (b as usize * h * w) as i64;
@@ -112,7 +127,10 @@ fn roi_taps(r: usize, roi: &[f32], n: usize, h: usize, w: usize, o: &RoiAlignOpt
     let (grid_h, grid_w) = if o.sampling_ratio > 0 {
         (o.sampling_ratio, o.sampling_ratio)
     } else {
-        ((roi_h / ph as f32).ceil() as usize, (roi_w / pw as f32).ceil() as usize)
+        (
+            (roi_h / ph as f32).ceil() as usize,
+            (roi_w / pw as f32).ceil() as usize,
+        )
     };
     let count = (grid_h * grid_w).max(1) as f32;
     let mut bins = Vec::with_capacity(ph * pw);
@@ -195,7 +213,7 @@ pub fn roi_align<B: Backend>(
             })?;
     // RoIs are grouped by their number of taps per bin, so a large RoI (many adaptive
     // samples) does not pad the gather of the small ones.
-    let mut groups: std::collections::BTreeMap<usize, Vec<(usize, Vec<Vec<Tap>>)>> = Default::default();
+    let mut groups: std::collections::BTreeMap<usize, Vec<RoiTaps>> = Default::default();
     for r in 0..k {
         let bins = roi_taps(r, &host[r * 5..r * 5 + 5], n, h, w, options)?;
         let taps = bins.iter().map(Vec::len).max().unwrap_or(0).max(1);
@@ -221,11 +239,21 @@ pub fn roi_align<B: Backend>(
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [m]), &device);
             let wt = Tensor::<B, 2>::from_data(TensorData::new(weight, [m, 1]), &device);
             let gathered = flat.clone().select(0, idx) * wt; // [m, C]
-            let pooled = gathered.reshape([chunk.len(), bins_per_roi, s, c]).sum_dim(2);
-            chunks.push(pooled.reshape([chunk.len(), ph, pw, c]).permute([0, 3, 1, 2]));
+            let pooled = gathered
+                .reshape([chunk.len(), bins_per_roi, s, c])
+                .sum_dim(2);
+            chunks.push(
+                pooled
+                    .reshape([chunk.len(), ph, pw, c])
+                    .permute([0, 3, 1, 2]),
+            );
         }
     }
-    let out = if chunks.len() == 1 { chunks.pop().expect("one chunk") } else { Tensor::cat(chunks, 0) };
+    let out = if chunks.len() == 1 {
+        chunks.pop().expect("one chunk")
+    } else {
+        Tensor::cat(chunks, 0)
+    };
     // Back to the input order of the RoIs.
     if order.iter().enumerate().all(|(i, &r)| i as i64 == r) {
         return Ok(out);
@@ -234,5 +262,8 @@ pub fn roi_align<B: Backend>(
     for (pos, &r) in order.iter().enumerate() {
         inverse[r as usize] = pos as i64;
     }
-    Ok(out.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(inverse, [k]), &device)))
+    Ok(out.select(
+        0,
+        Tensor::<B, 1, Int>::from_data(TensorData::new(inverse, [k]), &device),
+    ))
 }

@@ -13,7 +13,11 @@ use detclip_core::backend::{DeviceSpec, run_on};
 use detclip_train::check::Check;
 
 #[derive(Parser)]
-#[command(name = "detclip", version, about = "Open-vocabulary object detection on Burn")]
+#[command(
+    name = "detclip",
+    version,
+    about = "Open-vocabulary object detection on Burn"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,16 +54,29 @@ fn main() -> ExitCode {
                 }
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serialisable")
+                );
             } else {
                 println!("detclip check on {}", report.backend);
-                println!("{:<58} {:>11} {:>9} {:>10}  ", "op", "max |err|", "tol", "ms");
+                println!(
+                    "{:<58} {:>11} {:>9} {:>10}  ",
+                    "op", "max |err|", "tol", "ms"
+                );
                 for l in &report.lines {
                     let verdict = if l.ok() { "ok" } else { "FAIL" };
-                    println!("{:<58} {:>11.2e} {:>9.0e} {:>10.1}  {verdict}", l.op, l.max_abs_err, l.tolerance, l.millis);
+                    println!(
+                        "{:<58} {:>11.2e} {:>9.0e} {:>10.1}  {verdict}",
+                        l.op, l.max_abs_err, l.tolerance, l.millis
+                    );
                 }
             }
-            if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
