@@ -6,6 +6,7 @@
 //! - [`assign`]: anchors per FPN level and the ATSS assigner
 //! - [`loss`]: sigmoid focal, GIoU and centerness losses
 //! - [`ext`]: the backend extension our custom ops (CubeCL kernels) hang off
+//! - [`nn`]: layers on the custom ops (the DCN layer)
 //! - [`backend`]: the one place that maps `--device cpu|wgpu[:N]|cuda[:N]|auto` to a backend
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod backend;
 pub mod error;
 pub mod ext;
 pub mod loss;
+pub mod nn;
 pub mod ops;
 
 pub use error::{DetError, Result};

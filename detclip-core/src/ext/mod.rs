@@ -43,6 +43,29 @@ pub trait DetclipOps: Backend {
     ) -> [FloatTensor<Self>; 2] {
         reference::sigmoid_gate_backward::<Self>(x, gate, grad)
     }
+
+    /// Modulated deformable convolution, shapes already checked by
+    /// [`crate::ops::deform_conv2d`] (call that instead).
+    fn modulated_deform_conv2d(
+        input: FloatTensor<Self>,
+        offset: FloatTensor<Self>,
+        mask: Option<FloatTensor<Self>>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: crate::ops::DeformConv2dOptions,
+    ) -> FloatTensor<Self> {
+        let t = |p: FloatTensor<Self>| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(p));
+        reference::deform_conv2d(
+            t(input),
+            t(offset),
+            mask.map(t),
+            t(weight),
+            bias.map(|b| Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(b))),
+            &options,
+        )
+        .into_primitive()
+        .tensor()
+    }
 }
 
 /// An autodiff backend whose inner backend also carries the detclip extensions: what training

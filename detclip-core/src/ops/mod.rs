@@ -5,10 +5,12 @@
 
 mod boxes;
 mod coder;
+mod deform_conv;
 mod nms;
 mod roi_align;
 
 pub use boxes::*;
 pub use coder::*;
+pub use deform_conv::*;
 pub use nms::*;
 pub use roi_align::*;

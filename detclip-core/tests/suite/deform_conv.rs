@@ -1,0 +1,108 @@
+//! Deformable convolution v2 against torchvision.ops.deform_conv2d: the output and all five
+//! gradients, on every configuration of the fixture, on the selected backend.
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use detclip_core::DetError;
+use detclip_core::nn::DeformConv2dConfig;
+use detclip_core::ops::{DeformConv2dOptions, deform_conv2d};
+
+use crate::harness::{Fixture, assert_close, max_abs_diff, to_vec};
+
+const CONFIGS: [(&str, usize, usize); 6] = [
+    // name, weight groups, offset groups
+    ("basic", 1, 1),
+    ("stride2_nomask", 1, 1),
+    ("nonsquare", 1, 1),
+    ("groups", 2, 2),
+    ("outside", 1, 1),
+    ("dil2_og2", 1, 2),
+];
+
+backend_test! {
+    fn deform_conv2d_output_and_gradients_match_torchvision<B>(device) {
+        let f = Fixture::load("deform_conv2d.safetensors");
+        for (name, weight_groups, offset_groups) in CONFIGS {
+            let key = |k: &str| format!("{name}_{k}");
+            let cfg = f.i64s(&key("cfg"));
+            let u = |i: usize| cfg[i] as usize;
+            let options = DeformConv2dOptions {
+                stride: [u(0), u(1)],
+                padding: [u(2), u(3)],
+                dilation: [u(4), u(5)],
+                weight_groups,
+                offset_groups,
+            };
+            let input = f.tensor::<B, 4>(&key("input"), device).require_grad();
+            let offset = f.tensor::<B, 4>(&key("offset"), device).require_grad();
+            let mask = (cfg[6] == 1).then(|| f.tensor::<B, 4>(&key("mask"), device).require_grad());
+            let weight = f.tensor::<B, 4>(&key("weight"), device).require_grad();
+            let bias = f.tensor::<B, 1>(&key("bias"), device).require_grad();
+            let out = deform_conv2d(input.clone(), offset.clone(), mask.clone(), weight.clone(), Some(bias.clone()), &options).unwrap();
+            let got = to_vec(out.clone());
+            assert_close(&key("out"), &got, &f.f32s(&key("out")), 1e-4, 1e-4);
+            let grads = (out * f.tensor::<B, 4>(&key("upstream"), device)).sum().backward();
+            let mut worst = max_abs_diff(&got, &f.f32s(&key("out")));
+            let mut check = |what: &str, g: Vec<f32>| {
+                let e = f.f32s(&key(what));
+                worst = worst.max(max_abs_diff(&g, &e));
+                assert_close(&key(what), &g, &e, 1e-4, 1e-4);
+            };
+            check("grad_input", to_vec(input.grad(&grads).unwrap()));
+            check("grad_offset", to_vec(offset.grad(&grads).unwrap()));
+            check("grad_weight", to_vec(weight.grad(&grads).unwrap()));
+            check("grad_bias", to_vec(bias.grad(&grads).unwrap()));
+            if let Some(m) = &mask {
+                check("grad_mask", to_vec(m.grad(&grads).unwrap()));
+            }
+            eprintln!("deform_conv2d {name}: max |diff| over output and gradients {worst:.2e}");
+        }
+    }
+}
+
+backend_test! {
+    fn deform_conv2d_rejects_bad_shapes<B>(device) {
+        let x = Tensor::<B, 4>::zeros([1, 4, 6, 6], device);
+        let w = Tensor::<B, 4>::zeros([2, 4, 3, 3], device);
+        let o = DeformConv2dOptions { padding: [1, 1], ..Default::default() };
+        let off = |c: usize| Tensor::<B, 4>::zeros([1, c, 6, 6], device);
+        assert!(deform_conv2d(x.clone(), off(18), None, w.clone(), None, &o).is_ok());
+        let err = deform_conv2d(x.clone(), off(9), None, w.clone(), None, &o).unwrap_err();
+        assert!(matches!(&err, DetError::Shape { what: "offset", .. }), "{err}");
+        assert!(err.to_string().contains("[1, 18, 6, 6]"), "{err}");
+        let bad_mask = Some(Tensor::<B, 4>::zeros([1, 18, 6, 6], device));
+        assert!(matches!(deform_conv2d(x.clone(), off(18), bad_mask, w.clone(), None, &o), Err(DetError::Shape { what: "mask", .. })));
+        let w3 = Tensor::<B, 4>::zeros([2, 3, 3, 3], device);
+        assert!(matches!(deform_conv2d(x.clone(), off(18), None, w3, None, &o), Err(DetError::Shape { what: "weight", .. })));
+        let og3 = DeformConv2dOptions { offset_groups: 3, ..o.clone() };
+        assert!(matches!(deform_conv2d(x.clone(), off(54), None, w.clone(), None, &og3), Err(DetError::InvalidOption { .. })));
+        let b = Some(Tensor::<B, 1>::zeros([3], device));
+        assert!(matches!(deform_conv2d(x.clone(), off(18), None, w.clone(), b, &o), Err(DetError::Shape { what: "bias", .. })));
+        let tiny = Tensor::<B, 4>::zeros([1, 4, 1, 1], device);
+        let no_pad = DeformConv2dOptions::default();
+        assert!(deform_conv2d(tiny, off(18), None, w, None, &no_pad).is_err());
+    }
+}
+
+backend_test! {
+    fn fresh_dcn_layer_is_half_a_plain_convolution<B>(device) {
+        // zero offsets and mask sigmoid(0) = 1/2: y = (conv(x, W) − b)/2 + b
+        let layer = DeformConv2dConfig::new([3, 5], [3, 3]).init::<B>(device);
+        let x = Tensor::<B, 4>::random([2, 3, 7, 6], Distribution::Normal(0.0, 1.0), device);
+        let y = layer.forward(x.clone()).unwrap();
+        let b = layer.bias.as_ref().unwrap().val();
+        let conv = conv2d(x.clone(), layer.weight.val(), Some(b.clone()), ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+        let b4 = b.reshape([1, 5, 1, 1]);
+        let expected = (conv - b4.clone()) * 0.5 + b4;
+        assert_close("fresh layer", &to_vec(y.clone()), &to_vec(expected), 1e-5, 1e-5);
+        // the offset branch learns: its gradient is not zero
+        let grads = y.powf_scalar(2.0).sum().backward();
+        let g = to_vec(layer.offset_conv.weight.grad(&grads).unwrap());
+        assert!(g.iter().any(|v| v.abs() > 1e-6), "offset branch gets no gradient");
+        assert_eq!(layer.num_params(), 5 * 3 * 9 + 5 + 27 * 3 * 9 + 27);
+        assert!(layer.forward(Tensor::<B, 4>::zeros([1, 4, 7, 6], device)).is_err());
+    }
+}
