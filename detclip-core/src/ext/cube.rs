@@ -123,4 +123,15 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DetclipOps
             [dx, dgate]
         }, else super::reference::sigmoid_gate_backward::<Self>(x, gate, grad))
     }
+
+    fn modulated_deform_conv2d(
+        input: FloatTensor<Self>,
+        offset: FloatTensor<Self>,
+        mask: Option<FloatTensor<Self>>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: crate::ops::DeformConv2dOptions,
+    ) -> FloatTensor<Self> {
+        super::cube_dcn::forward::<R, F, I, BT>(input, offset, mask, weight, bias, options)
+    }
 }

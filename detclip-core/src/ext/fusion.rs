@@ -46,7 +46,87 @@ impl<B: FusionBackend + DetclipOps> Operation<B::FusionRuntime> for SigmoidGateB
     }
 }
 
+#[derive(Clone, Debug)]
+struct DeformConv2dOp<B> {
+    desc: CustomOpIr,
+    has_mask: bool,
+    has_bias: bool,
+    options: crate::ops::DeformConv2dOptions,
+    _b: PhantomData<B>,
+}
+
+impl<B: FusionBackend + DetclipOps> Operation<B::FusionRuntime> for DeformConv2dOp<B> {
+    fn execute(&self, handles: &mut Handles<B>) {
+        // inputs: input, offset, [mask], weight, [bias]
+        let mut inputs = self.desc.inputs.iter();
+        let mut next = || handles.get_float_tensor::<B>(inputs.next().expect("input registered"));
+        let input = next();
+        let offset = next();
+        let mask = self.has_mask.then(&mut next);
+        let weight = next();
+        let bias = self.has_bias.then(&mut next);
+        let out =
+            B::modulated_deform_conv2d(input, offset, mask, weight, bias, self.options.clone());
+        handles.register_float_tensor::<B>(&self.desc.outputs[0].id, out);
+    }
+}
+
 impl<B: FusionBackend + DetclipOps> DetclipOps for Fusion<B> {
+    fn modulated_deform_conv2d(
+        input: FloatTensor<Self>,
+        offset: FloatTensor<Self>,
+        mask: Option<FloatTensor<Self>>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: crate::ops::DeformConv2dOptions,
+    ) -> FloatTensor<Self> {
+        let client = input.client.clone();
+        let [n, _, h, w] = [
+            input.shape[0],
+            input.shape[1],
+            input.shape[2],
+            input.shape[3],
+        ];
+        let [out_c, _, kh, kw] = [
+            weight.shape[0],
+            weight.shape[1],
+            weight.shape[2],
+            weight.shape[3],
+        ];
+        let [ho, wo] = options
+            .output_size([h, w], [kh, kw])
+            .expect("shapes checked by ops::deform_conv2d");
+        let (has_mask, has_bias) = (mask.is_some(), bias.is_some());
+        let mut tensors = vec![&input, &offset];
+        tensors.extend(mask.as_ref());
+        tensors.push(&weight);
+        tensors.extend(bias.as_ref());
+        let streams = OperationStreams::with_inputs(tensors);
+        let out = TensorIr::uninit(
+            client.create_empty_handle(),
+            [n, out_c, ho, wo].into(),
+            input.dtype,
+        );
+        let mut irs = vec![input.into_ir(), offset.into_ir()];
+        irs.extend(mask.map(|m| m.into_ir()));
+        irs.push(weight.into_ir());
+        irs.extend(bias.map(|b| b.into_ir()));
+        let desc = CustomOpIr::new("detclip_deform_conv2d", &irs, &[out]);
+        client
+            .register(
+                streams,
+                OperationIr::Custom(desc.clone()),
+                DeformConv2dOp::<B> {
+                    desc,
+                    has_mask,
+                    has_bias,
+                    options,
+                    _b: PhantomData,
+                },
+            )
+            .output()
+    }
+
     fn sigmoid_gate(x: FloatTensor<Self>, gate: FloatTensor<Self>) -> FloatTensor<Self> {
         let client = x.client.clone();
         let streams = OperationStreams::with_inputs([&x, &gate]);

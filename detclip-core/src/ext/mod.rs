@@ -14,6 +14,8 @@ mod autodiff;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube_dcn;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod fusion;
 pub(crate) mod reference;
 
@@ -66,6 +68,38 @@ pub trait DetclipOps: Backend {
         .into_primitive()
         .tensor()
     }
+
+    /// Gradients of [`DetclipOps::modulated_deform_conv2d`] given the gradient of its output
+    /// `[N, O, Ho, Wo]`. `mask` and `bias` gradients are returned when they were given.
+    #[allow(clippy::too_many_arguments)]
+    fn modulated_deform_conv2d_backward(
+        input: FloatTensor<Self>,
+        offset: FloatTensor<Self>,
+        mask: Option<FloatTensor<Self>>,
+        weight: FloatTensor<Self>,
+        has_bias: bool,
+        grad_out: FloatTensor<Self>,
+        options: crate::ops::DeformConv2dOptions,
+    ) -> DeformConv2dGrads<Self> {
+        reference::deform_conv2d_backward::<Self>(
+            input, offset, mask, weight, has_bias, grad_out, &options,
+        )
+    }
+}
+
+/// Gradients of a modulated deformable convolution with respect to its inputs.
+#[derive(Debug)]
+pub struct DeformConv2dGrads<B: Backend> {
+    /// `[N, C, H, W]`.
+    pub input: FloatTensor<B>,
+    /// `[N, 2·G·kh·kw, Ho, Wo]`.
+    pub offset: FloatTensor<B>,
+    /// `[N, G·kh·kw, Ho, Wo]`, when a mask was given.
+    pub mask: Option<FloatTensor<B>>,
+    /// `[O, C / weight_groups, kh, kw]`.
+    pub weight: FloatTensor<B>,
+    /// `[O]`, when a bias was given.
+    pub bias: Option<FloatTensor<B>>,
 }
 
 /// An autodiff backend whose inner backend also carries the detclip extensions: what training
@@ -112,4 +146,27 @@ pub fn sigmoid_gate<B: DetclipOps, const D: usize>(
     )?;
     let out = B::sigmoid_gate(x.into_primitive().tensor(), gate.into_primitive().tensor());
     Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}
+
+/// The reference body of [`crate::ops::deform_conv2d`] on any backend (portable tensor ops):
+/// the oracle the kernels are tested against. Shapes are checked as in the op.
+pub fn deform_conv2d_reference<B: Backend>(
+    input: Tensor<B, 4>,
+    offset: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4>>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    options: &crate::ops::DeformConv2dOptions,
+) -> Result<Tensor<B, 4>> {
+    crate::ops::check_deform_conv2d(
+        &input.dims(),
+        &offset.dims(),
+        mask.as_ref().map(|m| m.dims()).as_ref(),
+        &weight.dims(),
+        bias.as_ref().map(|b| b.dims()).as_ref(),
+        options,
+    )?;
+    Ok(reference::deform_conv2d(
+        input, offset, mask, weight, bias, options,
+    ))
 }

@@ -106,3 +106,42 @@ backend_test! {
         assert!(layer.forward(Tensor::<B, 4>::zeros([1, 4, 7, 6], device)).is_err());
     }
 }
+
+backend_test! {
+    fn deform_conv2d_op_matches_reference_body_on_random_shapes<B>(device) {
+        // On the Cube backends the op is the CubeCL kernel (through fusion); on the CPU both
+        // sides are the reference body. A small deterministic generator picks the shapes.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut pick = |lo: usize, hi: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            lo + (state % (hi - lo + 1) as u64) as usize
+        };
+        for case in 0..8 {
+            let (wg, g) = (pick(1, 2), pick(1, 2));
+            let c = wg * g * pick(1, 2);
+            let o = wg * pick(1, 3);
+            let (kh, kw) = (pick(1, 3), pick(1, 3));
+            let options = DeformConv2dOptions {
+                stride: [pick(1, 2), pick(1, 2)],
+                padding: [pick(0, 2), pick(0, 2)],
+                dilation: [pick(1, 2), pick(1, 2)],
+                weight_groups: wg,
+                offset_groups: g,
+            };
+            let (h, w) = (pick(4, 9), pick(4, 9));
+            let n = pick(1, 2);
+            let Some([ho, wo]) = options.output_size([h, w], [kh, kw]) else { continue };
+            let r = |shape: [usize; 4], s: f64| Tensor::<B::InnerBackend, 4>::random(shape, Distribution::Normal(0.0, s), device);
+            let x = r([n, c, h, w], 1.0);
+            let off = r([n, 2 * g * kh * kw, ho, wo], 2.0);
+            let mask = (case % 2 == 0).then(|| r([n, g * kh * kw, ho, wo], 1.0));
+            let wt = r([o, c / wg, kh, kw], 0.5);
+            let b = (case % 3 != 0).then(|| Tensor::<B::InnerBackend, 1>::random([o], Distribution::Normal(0.0, 1.0), device));
+            let got = deform_conv2d(x.clone(), off.clone(), mask.clone(), wt.clone(), b.clone(), &options).unwrap();
+            let want = detclip_core::ext::deform_conv2d_reference(x, off, mask, wt, b, &options).unwrap();
+            assert_close(&format!("case {case} {options:?}"), &to_vec(got), &to_vec(want), 1e-4, 1e-4);
+        }
+    }
+}
