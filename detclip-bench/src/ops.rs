@@ -31,10 +31,10 @@ pub struct OpsArgs {
 }
 
 /// A deterministic generator (SplitMix64), so inputs are the same on every machine.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> f32 {
+    pub(crate) fn next(&mut self) -> f32 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -63,12 +63,12 @@ fn detector_boxes(rng: &mut Rng, n: usize, width: f32, height: f32) -> Vec<f32> 
         .collect()
 }
 
-struct Inputs {
-    tensors: BTreeMap<String, (Vec<usize>, Vec<u8>, Dtype)>,
+pub(crate) struct Inputs {
+    pub(crate) tensors: BTreeMap<String, (Vec<usize>, Vec<u8>, Dtype)>,
 }
 
 impl Inputs {
-    fn f32(&mut self, key: &str, shape: Vec<usize>, v: &[f32]) {
+    pub(crate) fn f32(&mut self, key: &str, shape: Vec<usize>, v: &[f32]) {
         let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.tensors.insert(key.into(), (shape, bytes, Dtype::F32));
     }
@@ -77,7 +77,7 @@ impl Inputs {
         self.tensors
             .insert(key.into(), (vec![v.len()], bytes, Dtype::I64));
     }
-    fn write(&self, path: &std::path::Path) -> Result<(), String> {
+    pub(crate) fn write(&self, path: &std::path::Path) -> Result<(), String> {
         let views: Vec<(String, TensorView<'_>)> = self
             .tensors
             .iter()
@@ -110,12 +110,12 @@ struct Ours {
 /// Median milliseconds per case, and a digest of each result for the agreement check.
 type Timings = BTreeMap<String, (f64, String)>;
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn read_f32(st: &safetensors::SafeTensors<'_>, key: &str) -> (Vec<usize>, Vec<f32>) {
+pub(crate) fn read_f32(st: &safetensors::SafeTensors<'_>, key: &str) -> (Vec<usize>, Vec<f32>) {
     let t = st.tensor(key).expect("input tensor");
     (
         t.shape().to_vec(),
@@ -215,14 +215,14 @@ impl BackendTask for Ours {
 }
 
 /// Sum (of absolute values) in f64 on the host.
-fn host_sum<B: Backend, const D: usize>(t: Tensor<B, D>, abs: bool) -> f64 {
+pub(crate) fn host_sum<B: Backend, const D: usize>(t: Tensor<B, D>, abs: bool) -> f64 {
     let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().expect("f32 data");
     v.iter()
         .map(|&x| if abs { (x as f64).abs() } else { x as f64 })
         .sum()
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

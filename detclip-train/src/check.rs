@@ -12,7 +12,8 @@ use detclip_core::backend::{BackendTask, NdArrayBackend};
 use detclip_core::ext::{DetclipAutodiffBackend, sigmoid_gate};
 use detclip_core::loss::{Reduction, sigmoid_focal_loss};
 use detclip_core::ops::{
-    DeltaBoxCoder, NmsOptions, RoiAlignOptions, box_iou, clip_boxes, multiclass_nms, roi_align,
+    DeformConv2dOptions, DeltaBoxCoder, NmsOptions, RoiAlignOptions, box_iou, clip_boxes,
+    deform_conv2d, multiclass_nms, roi_align,
 };
 use serde::Serialize;
 
@@ -91,6 +92,33 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
 }
 
 type Cpu = burn::backend::Autodiff<NdArrayBackend>;
+
+/// Output and the gradients of input, offset, mask and weight of a DCN with `sum(y²)` as loss.
+fn dcn_outputs<B: DetclipAutodiffBackend>(
+    t: [&(Vec<f32>, [usize; 4]); 4],
+    o: &DeformConv2dOptions,
+    device: &B::Device,
+) -> detclip_core::Result<Vec<Vec<f32>>> {
+    let ts: Vec<Tensor<B, 4>> = t
+        .iter()
+        .map(|v| to::<B, 4>(v, device).require_grad())
+        .collect();
+    let y = deform_conv2d(
+        ts[0].clone(),
+        ts[1].clone(),
+        Some(ts[2].clone()),
+        ts[3].clone(),
+        None,
+        o,
+    )?;
+    let grads = (y.clone() * y.clone()).sum().backward();
+    let mut out = vec![host(y).0];
+    out.extend(
+        ts.iter()
+            .map(|t| host(t.grad(&grads).expect("tracked input")).0),
+    );
+    Ok(out)
+}
 
 impl BackendTask for Check {
     type Output = detclip_core::Result<CheckReport>;
@@ -325,6 +353,36 @@ impl BackendTask for Check {
                 "ATSS ({} positives, {ms_assign:.1} ms) + focal loss fwd+bwd",
                 assign.positives().len()
             ),
+            err,
+            1e-4,
+            ms,
+        );
+
+        // 7. Deformable convolution v2 (a DyHead level), forward and all gradients.
+        let r = |shape: [usize; 4], s: f64| {
+            host(Tensor::<B, 4>::random(
+                shape,
+                Distribution::Normal(0.0, s),
+                &device,
+            ))
+        };
+        let x = r([2, 32, 25, 42], 1.0);
+        let off = r([2, 18, 25, 42], 2.0);
+        let m = r([2, 9, 25, 42], 1.0);
+        let w = r([32, 32, 3, 3], 0.1);
+        let dopts = DeformConv2dOptions {
+            padding: [1, 1],
+            ..Default::default()
+        };
+        let (dev_out, ms) = timed(|| dcn_outputs::<B>([&x, &off, &m, &w], &dopts, &device));
+        let cpu_out = dcn_outputs::<Cpu>([&x, &off, &m, &w], &dopts, &cpu)?;
+        let err = dev_out?
+            .iter()
+            .zip(&cpu_out)
+            .map(|(a, b)| max_err(a, b) / b.iter().fold(1.0f32, |m, v| m.max(v.abs())))
+            .fold(0.0, f32::max);
+        line(
+            "deform_conv2d [2,32,25,42] 3×3 fwd + 4 grads (rel)",
             err,
             1e-4,
             ms,
