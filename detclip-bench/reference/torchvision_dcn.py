@@ -4,31 +4,17 @@ torch conv2d of the same shape on the inputs the Rust side wrote.
     python torchvision_dcn.py INPUTS.safetensors OUT.json REPS cpu|cuda CASE[,CASE...]
 """
 
-import json
-import statistics
 import sys
-import time
 
 import torch
-import torchvision
 from safetensors.torch import load_file
+
+from common import bench, devices, syncer, write
 from torchvision.ops import deform_conv2d
 
 
-def bench(fn, reps, sync):
-    digest = fn(True)
-    sync()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn(False)
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"ms": statistics.median(times), "digest": digest}
-
-
 def run(t, names, device, reps):
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = syncer(device)
     res = {}
     for name in names:
         x, off, mask, w, b = (t[f"{name}_{k}"].to(device) for k in ("input", "offset", "mask", "weight", "bias"))
@@ -68,13 +54,8 @@ def run(t, names, device, reps):
 def main():
     inputs, out, reps, want, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5].split(",")
     t = load_file(inputs)
-    devices = ["cpu"] + (["cuda"] if want == "cuda" and torch.cuda.is_available() else [])
-    results = {d: run(t, names, d, reps) for d in devices}
-    version = f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} CPU threads"
-    if "cuda" in devices:
-        version += f", {torch.cuda.get_device_name()}"
-    with open(out, "w") as f:
-        json.dump({"version": version, "devices": devices, "results": results}, f, indent=1)
+    devs = devices(want)
+    write(out, devs, {d: run(t, names, d, reps) for d in devs})
 
 
 if __name__ == "__main__":

@@ -4,32 +4,17 @@ Rust side wrote, and reports a digest of each result so both sides can be compar
     python torchvision_ops.py INPUTS.safetensors OUT.json REPS cpu|cuda
 """
 
-import json
-import statistics
 import sys
-import time
 
 import torch
-import torchvision
 from safetensors.torch import load_file
+
+from common import bench, devices, syncer, write
 from torchvision.ops import batched_nms, nms, roi_align
 
 
-def bench(fn, reps, sync):
-    """fn(True) also returns a digest (reduced in float64, outside the timing)."""
-    digest = fn(True)
-    sync()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn(False)
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"ms": statistics.median(times), "digest": digest}
-
-
 def run(t, device, reps):
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = syncer(device)
     t = {k: v.to(device) for k, v in t.items()}
     res = {}
     for n in (1000, 5000, 20000):
@@ -57,13 +42,8 @@ def run(t, device, reps):
 def main():
     inputs, out, reps, want = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     t = load_file(inputs)
-    devices = ["cpu"] + (["cuda"] if want == "cuda" and torch.cuda.is_available() else [])
-    results = {d: run(t, d, reps) for d in devices}
-    version = f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} CPU threads"
-    if "cuda" in devices:
-        version += f", {torch.cuda.get_device_name()}"
-    with open(out, "w") as f:
-        json.dump({"version": version, "devices": devices, "results": results}, f, indent=1)
+    devs = devices(want)
+    write(out, devs, {d: run(t, d, reps) for d in devs})
 
 
 if __name__ == "__main__":

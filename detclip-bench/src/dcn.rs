@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -14,7 +12,10 @@ use detclip_core::backend::{BackendTask, DeviceSpec, run_on};
 use detclip_core::ext::DetclipAutodiffBackend;
 use detclip_core::ops::{DeformConv2dOptions, deform_conv2d};
 
-use crate::ops::{Inputs, Rng, host_sum, machine, median, read_f32};
+use crate::common::{
+    Inputs, Rng, digests_agree, feature_flag, host_sum, machine, read_f32, run_reference,
+    time_median,
+};
 
 /// Arguments of `detclip-bench dcn`.
 #[derive(clap::Args, Debug)]
@@ -73,17 +74,7 @@ impl BackendTask for Ours {
         let mut out = Timings::new();
         let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
         let reps = self.reps;
-        let time =
-            |f: &mut dyn FnMut(bool) -> Result<String, String>| -> Result<(f64, String), String> {
-                let digest = f(true)?;
-                let mut ms = Vec::new();
-                for _ in 0..reps {
-                    let t0 = Instant::now();
-                    f(false)?;
-                    ms.push(t0.elapsed().as_secs_f64() * 1e3);
-                }
-                Ok((median(ms), digest))
-            };
+        let time = |f: &mut dyn FnMut(bool) -> Result<String, String>| time_median(reps, f);
         let opts = dcn_options();
         let burn_opts = DeformConvOptions::new([1, 1], [1, 1], [1, 1], 1, 1);
         for case in &self.cases {
@@ -289,26 +280,15 @@ pub fn run(args: DcnArgs) -> Result<(), String> {
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference/torchvision_dcn.py");
     let names: Vec<String> = cases.iter().map(|c| c.name.clone()).collect();
-    eprintln!("running torchvision ({})…", script.display());
-    let status = Command::new(&args.python)
-        .arg(&script)
-        .arg(&inputs_path)
-        .arg(&ref_path)
-        .arg(args.reps.to_string())
-        .arg(if matches!(spec, DeviceSpec::Cuda(_)) {
-            "cuda"
-        } else {
-            "cpu"
-        })
-        .arg(names.join(","))
-        .status()
-        .map_err(|e| format!("could not start {}: {e}", args.python))?;
-    if !status.success() {
-        return Err(format!("the torchvision reference failed ({status})"));
-    }
-    let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&ref_path).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+    let reference = run_reference(
+        &args.python,
+        &script,
+        &inputs_path,
+        &ref_path,
+        args.reps,
+        spec,
+        &[names.join(",")],
+    )?;
     eprintln!("running detclip on {spec}…");
     let ours = run_on(
         spec,
@@ -336,11 +316,7 @@ pub fn run(args: DcnArgs) -> Result<(), String> {
     ));
     md.push_str(&format!(
         "- command: `cargo run -p detclip-bench --release{} -- dcn --device {} --shapes {} --reps {}`\n",
-        match spec {
-            DeviceSpec::Wgpu(_) => " --features wgpu",
-            DeviceSpec::Cuda(_) => " --features cuda",
-            _ => "",
-        },
+        feature_flag(spec),
         args.device,
         args.shapes,
         args.reps
@@ -385,18 +361,4 @@ pub fn run(args: DcnArgs) -> Result<(), String> {
     } else {
         Err("detclip and torchvision disagree".into())
     }
-}
-
-fn digests_agree(ours: &str, theirs: &str) -> bool {
-    let nums = |s: &str| {
-        s.split_whitespace()
-            .filter_map(|t| t.parse::<f64>().ok())
-            .collect::<Vec<_>>()
-    };
-    let (a, b) = (nums(ours), nums(theirs));
-    !a.is_empty()
-        && a.len() == b.len()
-        && a.iter()
-            .zip(&b)
-            .all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1.0))
 }

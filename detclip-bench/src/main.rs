@@ -9,6 +9,7 @@
 //! safetensors file that `reference/torchvision_ops.py` reads), checks that both agree, and
 //! writes a Markdown table with the machine and the command.
 
+mod common;
 mod dcn;
 mod ops;
 

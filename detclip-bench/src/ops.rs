@@ -2,15 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use detclip_core::backend::{BackendTask, DeviceSpec, run_on};
 use detclip_core::ext::DetclipAutodiffBackend;
 use detclip_core::ops::{RoiAlignOptions, batched_nms, nms, roi_align};
-use safetensors::tensor::{Dtype, TensorView};
+
+use crate::common::{
+    Inputs, Rng, digests_agree, feature_flag, host_sum, machine, read_f32, run_reference,
+    time_median,
+};
 
 /// Arguments of `detclip-bench ops`.
 #[derive(clap::Args, Debug)]
@@ -28,19 +30,6 @@ pub struct OpsArgs {
     /// The Python interpreter with torch and torchvision.
     #[arg(long, default_value = "python3")]
     python: String,
-}
-
-/// A deterministic generator (SplitMix64), so inputs are the same on every machine.
-pub(crate) struct Rng(pub(crate) u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    }
 }
 
 /// Boxes clustered around a few objects, as a detector's raw output is.
@@ -63,36 +52,6 @@ fn detector_boxes(rng: &mut Rng, n: usize, width: f32, height: f32) -> Vec<f32> 
         .collect()
 }
 
-pub(crate) struct Inputs {
-    pub(crate) tensors: BTreeMap<String, (Vec<usize>, Vec<u8>, Dtype)>,
-}
-
-impl Inputs {
-    pub(crate) fn f32(&mut self, key: &str, shape: Vec<usize>, v: &[f32]) {
-        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.tensors.insert(key.into(), (shape, bytes, Dtype::F32));
-    }
-    fn i64(&mut self, key: &str, v: &[i64]) {
-        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.tensors
-            .insert(key.into(), (vec![v.len()], bytes, Dtype::I64));
-    }
-    pub(crate) fn write(&self, path: &std::path::Path) -> Result<(), String> {
-        let views: Vec<(String, TensorView<'_>)> = self
-            .tensors
-            .iter()
-            .map(|(k, (shape, bytes, dtype))| {
-                (
-                    k.clone(),
-                    TensorView::new(*dtype, shape.clone(), bytes).expect("consistent view"),
-                )
-            })
-            .collect();
-        safetensors::serialize_to_file(views, None, path)
-            .map_err(|e| format!("writing {}: {e}", path.display()))
-    }
-}
-
 /// A benchmark case: name, and what each side ran.
 #[derive(Clone)]
 struct Case {
@@ -110,22 +69,6 @@ struct Ours {
 /// Median milliseconds per case, and a digest of each result for the agreement check.
 type Timings = BTreeMap<String, (f64, String)>;
 
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-pub(crate) fn read_f32(st: &safetensors::SafeTensors<'_>, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let t = st.tensor(key).expect("input tensor");
-    (
-        t.shape().to_vec(),
-        t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-    )
-}
-
 impl BackendTask for Ours {
     type Output = Result<Timings, String>;
 
@@ -134,19 +77,8 @@ impl BackendTask for Ours {
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
         let mut out = Timings::new();
         let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
-        // `f(true)` also returns a digest of the result (read back and reduced in f64 on the
-        // host, outside the timing); `f(false)` only waits for the result.
-        let time =
-            |f: &mut dyn FnMut(bool) -> Result<String, String>| -> Result<(f64, String), String> {
-                let digest = f(true)?; // also the warm-up (kernel compilation, autotune)
-                let mut ms = Vec::new();
-                for _ in 0..self.reps {
-                    let t0 = Instant::now();
-                    f(false)?;
-                    ms.push(t0.elapsed().as_secs_f64() * 1e3);
-                }
-                Ok((median(ms), digest))
-            };
+        let reps = self.reps;
+        let time = |f: &mut dyn FnMut(bool) -> Result<String, String>| time_median(reps, f);
         for &n in &self.nms_sizes {
             let (bs, b) = read_f32(&st, &format!("nms{n}_boxes"));
             let (_, s) = read_f32(&st, &format!("nms{n}_scores"));
@@ -212,42 +144,6 @@ impl BackendTask for Ours {
         }
         Ok(out)
     }
-}
-
-/// Sum (of absolute values) in f64 on the host.
-pub(crate) fn host_sum<B: Backend, const D: usize>(t: Tensor<B, D>, abs: bool) -> f64 {
-    let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().expect("f32 data");
-    v.iter()
-        .map(|&x| if abs { (x as f64).abs() } else { x as f64 })
-        .sum()
-}
-
-pub(crate) fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().next().map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse::<f64>()
-                    .unwrap_or(0.0)
-                    / 1048576.0
-            })
-        })
-        .unwrap_or(0.0);
-    format!("{cpu}, {cores} cores, {mem:.0} GiB")
 }
 
 /// Runs the ops benchmark.
@@ -331,22 +227,15 @@ pub fn run(args: OpsArgs) -> Result<(), String> {
 
     // The reference, on the same inputs.
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference/torchvision_ops.py");
-    let want_cuda = matches!(spec, DeviceSpec::Cuda(_));
-    eprintln!("running torchvision ({})…", script.display());
-    let status = Command::new(&args.python)
-        .arg(&script)
-        .arg(&inputs_path)
-        .arg(&ref_path)
-        .arg(args.reps.to_string())
-        .arg(if want_cuda { "cuda" } else { "cpu" })
-        .status()
-        .map_err(|e| format!("could not start {}: {e}", args.python))?;
-    if !status.success() {
-        return Err(format!("the torchvision reference failed ({status})"));
-    }
-    let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&ref_path).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+    let reference = run_reference(
+        &args.python,
+        &script,
+        &inputs_path,
+        &ref_path,
+        args.reps,
+        spec,
+        &[],
+    )?;
 
     eprintln!("running detclip on {spec}…");
     let ours = run_on(
@@ -371,11 +260,7 @@ pub fn run(args: OpsArgs) -> Result<(), String> {
     ));
     md.push_str(&format!(
         "- command: `cargo run -p detclip-bench --release{} -- ops --device {} --reps {}`\n",
-        match spec {
-            DeviceSpec::Wgpu(_) => " --features wgpu",
-            DeviceSpec::Cuda(_) => " --features cuda",
-            _ => "",
-        },
+        feature_flag(spec),
         args.device,
         args.reps
     ));
@@ -441,15 +326,5 @@ fn ours_backend_name(spec: DeviceSpec) -> String {
         DeviceSpec::Wgpu(_) => "wgpu (fusion)".into(),
         DeviceSpec::Cuda(_) => "cuda (fusion)".into(),
         DeviceSpec::Auto => "auto".into(),
-    }
-}
-
-/// Counts must match exactly; f64 sums of f32 results to a relative 1e-5.
-fn digests_agree(ours: &str, theirs: &str) -> bool {
-    let num = |s: &str| s.split_whitespace().find_map(|t| t.parse::<f64>().ok());
-    match (num(ours), num(theirs)) {
-        (Some(a), Some(b)) if ours.ends_with("kept") => a == b,
-        (Some(a), Some(b)) => (a - b).abs() <= 1e-5 * b.abs().max(1.0),
-        _ => false,
     }
 }
