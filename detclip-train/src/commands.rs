@@ -13,17 +13,20 @@ use crate::detect::{DetectReport, detect_and_write, image_samples, parse_prompt}
 use crate::evaluate::EvalReport;
 use crate::learner::{Checkpoint, EvalSet, RunOptions, RunSummary, load_trained, train};
 use crate::recipe::{Recipe, read_config};
-use crate::recipes::ShapesRecipe;
+use crate::recipes::regionspot::{CacheReport, cache_features};
+use crate::recipes::{RegionSpotRecipe, ShapesRecipe};
 
 /// Every recipe this build knows.
 #[derive(Debug, Clone)]
 pub enum AnyRecipe {
     /// [`ShapesRecipe`].
     Shapes(ShapesRecipe),
+    /// [`RegionSpotRecipe`].
+    RegionSpot(RegionSpotRecipe),
 }
 
 /// The recipe names `--recipe` accepts.
-pub const RECIPES: [&str; 1] = [ShapesRecipe::NAME];
+pub const RECIPES: [&str; 2] = [ShapesRecipe::NAME, RegionSpotRecipe::NAME];
 
 impl AnyRecipe {
     /// The recipe `name` with its default preset, or the config read from `config`.
@@ -32,6 +35,10 @@ impl AnyRecipe {
             n if n == ShapesRecipe::NAME => Ok(AnyRecipe::Shapes(match config {
                 Some(p) => read_config(p)?,
                 None => ShapesRecipe::demo(),
+            })),
+            n if n == RegionSpotRecipe::NAME => Ok(AnyRecipe::RegionSpot(match config {
+                Some(p) => read_config(p)?,
+                None => RegionSpotRecipe::synthetic(),
             })),
             _ => Err(DetError::InvalidOption {
                 op: "train",
@@ -54,6 +61,7 @@ impl BackendTask for TrainTask {
     fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
         match &self.recipe {
             AnyRecipe::Shapes(r) => train::<_, B>(r, &device, &self.options),
+            AnyRecipe::RegionSpot(r) => train::<_, B>(r, &device, &self.options),
         }
     }
 }
@@ -95,6 +103,7 @@ impl BackendTask for DetectTask {
         let header = Checkpoint::read(&self.checkpoint)?.header;
         match header.recipe.as_str() {
             n if n == ShapesRecipe::NAME => detect_with::<ShapesRecipe, B>(&self, &device),
+            n if n == RegionSpotRecipe::NAME => detect_with::<RegionSpotRecipe, B>(&self, &device),
             other => Err(DetError::Checkpoint {
                 file: self.checkpoint.display().to_string(),
                 why: format!("made by recipe `{other}`, which this build does not have"),
@@ -218,6 +227,72 @@ pub fn demo_command(
         DemoTask {
             recipe,
             out: out.to_path_buf(),
+            progress,
+        },
+    )?
+}
+
+struct RegionSpotCacheTask {
+    recipe: RegionSpotRecipe,
+    checkpoint: Option<PathBuf>,
+    progress: bool,
+}
+
+impl BackendTask for RegionSpotCacheTask {
+    type Output = Result<CacheReport>;
+    fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let model = match &self.checkpoint {
+            Some(path) => load_trained::<RegionSpotRecipe, B::InnerBackend>(path, &device)?.1,
+            None => {
+                // A fresh run's frozen weights: built and prepared exactly as `train` does.
+                let model =
+                    crate::learner::init_model::<RegionSpotRecipe, B>(&self.recipe, &device)?;
+                burn::module::AutodiffModule::valid(&self.recipe.prepare(model, &device)?)
+            }
+        };
+        let bar = indicatif::ProgressBar::new(0);
+        if !self.progress {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let report = cache_features(&self.recipe, &model, &device, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?;
+        bar.finish_and_clear();
+        Ok(report)
+    }
+}
+
+/// `detclip regionspot cache`: SAM's and CLIP's outputs for every training image of the
+/// recipe, written to `out` (which replaces the recipe's `cache_dir`). The frozen weights are
+/// a checkpoint's, or, without one, those a fresh `train` run of this recipe would use.
+pub fn regionspot_cache_command(
+    config: Option<&Path>,
+    checkpoint: Option<&Path>,
+    out: &Path,
+    device: &str,
+    progress: bool,
+) -> Result<CacheReport> {
+    let spec: DeviceSpec = device.parse()?;
+    let mut recipe = match (config, checkpoint) {
+        (Some(p), _) => read_config::<RegionSpotRecipe>(p)?,
+        (None, Some(c)) => {
+            let ckpt = Checkpoint::read(c)?;
+            ckpt.expect_recipe(RegionSpotRecipe::NAME, c)?;
+            serde_json::from_value(ckpt.header.config).map_err(|e| DetError::Checkpoint {
+                file: c.display().to_string(),
+                why: format!("its config does not fit recipe `regionspot`: {e}"),
+            })?
+        }
+        (None, None) => RegionSpotRecipe::synthetic(),
+    };
+    recipe.cache_dir = Some(out.to_path_buf());
+    recipe.validate()?;
+    run_on(
+        spec,
+        RegionSpotCacheTask {
+            recipe,
+            checkpoint: checkpoint.map(Path::to_path_buf),
             progress,
         },
     )?

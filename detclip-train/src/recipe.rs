@@ -155,6 +155,17 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
         threshold: f32,
     ) -> Result<Vec<Vec<Detected>>>;
 
+    /// Prepares a freshly built model before its first training step (never on resume: the
+    /// checkpoint holds the prepared weights). Recipes with frozen pre-trained parts load or
+    /// pre-train them here (RegionSpot's CLIP teacher); the default leaves the model as built.
+    fn prepare<B: AutodiffBackend>(
+        &self,
+        model: Self::Model<B>,
+        _device: &B::Device,
+    ) -> Result<Self::Model<B>> {
+        Ok(model)
+    }
+
     /// Checks the config beyond what its types say (positive sizes, consistent settings).
     fn validate(&self) -> Result<()> {
         self.learner().validate()?;

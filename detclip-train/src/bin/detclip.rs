@@ -9,6 +9,7 @@
 //! detclip train --recipe NAME [--config FILE] [--device auto] [--out DIR] [--resume]
 //! detclip detect --checkpoint C --image PATH|DIR --prompt "cat. dog." [--threshold 0.3] [--out DIR]
 //! detclip demo [--out DIR] [--device cpu] [--steps N]
+//! detclip regionspot cache [--config FILE | --checkpoint C] --out DIR [--device auto]
 //! ```
 //! `check` runs every core op on the device and compares it with the CPU reference. `eval`
 //! computes COCO / LVIS box AP (pycocotools / lvis parity), ODinW means and grounding recall;
@@ -59,7 +60,7 @@ enum Command {
     },
     /// Train a recipe with the shared learner.
     Train {
-        /// The recipe (`shapes`).
+        /// The recipe (`shapes`, `regionspot`).
         #[arg(long)]
         recipe: String,
         /// The recipe's config as JSON (default: the recipe's preset).
@@ -107,6 +108,30 @@ enum Command {
         /// Training steps (default: the preset's).
         #[arg(long)]
         steps: Option<u64>,
+    },
+    /// RegionSpot tools.
+    Regionspot {
+        #[command(subcommand)]
+        what: RegionSpotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegionSpotCommand {
+    /// Compute SAM's and CLIP's outputs for every training image once and cache them.
+    Cache {
+        /// The recipe config (default: the synthetic preset).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Take the frozen weights (and the config) from this checkpoint.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The cache folder (set it as `cache_dir` in the training config).
+        #[arg(long)]
+        out: PathBuf,
+        /// cpu | ndarray | wgpu[:N] | cuda[:N] | auto
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
 }
 
@@ -314,6 +339,33 @@ fn main() -> ExitCode {
         },
         Command::Demo { out, device, steps } => run_demo(out, &device, steps),
         Command::Eval { what } => run_eval(what),
+        Command::Regionspot {
+            what:
+                RegionSpotCommand::Cache {
+                    config,
+                    checkpoint,
+                    out,
+                    device,
+                },
+        } => match commands::regionspot_cache_command(
+            config.as_deref(),
+            checkpoint.as_deref(),
+            &out,
+            &device,
+            true,
+        ) {
+            Ok(r) => {
+                println!(
+                    "{} images: {} cached now, {} already cached, in {}",
+                    r.images,
+                    r.written,
+                    r.present,
+                    out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("regionspot cache", e),
+        },
         Command::Check { device, seed, json } => {
             let result = device
                 .parse::<DeviceSpec>()

@@ -384,6 +384,8 @@ where
         model = load_model_bytes(model, &ckpt.model, device, &files.checkpoint)?;
         sampler.restore(ckpt.header.sampler.clone())?;
         start = ckpt.header.step;
+    } else {
+        model = recipe.prepare(model, device)?;
     }
     let mut optim = GroupedAdamW::<B, R::Model<B>>::new(cfg.optim.clone(), &model, R::param_group);
     if let Some(ckpt) = &resume_from {

@@ -3,7 +3,11 @@
 //!
 //! - [`shapes`]: a small open-vocabulary detector for the synthetic world (the learner's test
 //!   recipe and `detclip demo`'s model)
+//! - [`regionspot`]: RegionSpot (frozen SAM + frozen CLIP, a trained cross-attention module)
 
 pub mod shapes;
 
 pub use shapes::ShapesRecipe;
+pub mod regionspot;
+
+pub use regionspot::RegionSpotRecipe;

@@ -10,5 +10,6 @@ mod harness;
 mod checkpoint;
 mod config;
 mod learner;
+mod regionspot;
 mod sampler;
 mod schedule;
