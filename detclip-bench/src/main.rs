@@ -5,6 +5,7 @@
 //! cargo run -p detclip-bench --release -- ops [--device cpu|wgpu|cuda] [--out detclip-bench/results/ops.md]
 //! cargo run -p detclip-bench --release -- dcn [--device …] [--shapes plain|dyhead|all]
 //! cargo run -p detclip-bench --release -- models [--device …] [--models swin,bert,clip,sam] [--reps 2]
+//! cargo run -p detclip-bench --release -- regionspot [--device …] [--boxes 100] [--reps 2]
 //! ```
 //! `ops` times NMS and RoIAlign against torchvision on the same inputs (written to a
 //! safetensors file that `reference/torchvision_ops.py` reads), checks that both agree, and
@@ -16,6 +17,7 @@ mod common;
 mod dcn;
 mod models;
 mod ops;
+mod regionspot;
 
 use std::process::ExitCode;
 
@@ -39,6 +41,8 @@ enum Command {
     Dcn(dcn::DcnArgs),
     /// Forward time of Swin-T, BERT-base, CLIP ViT-B/16 and SAM ViT-B against PyTorch.
     Models(models::ModelsArgs),
+    /// RegionSpot: regions per second (cached vs on the fly) and training step against PyTorch.
+    Regionspot(regionspot::RegionSpotArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Ops(args) => ops::run(args),
         Command::Dcn(args) => dcn::run(args),
         Command::Models(args) => models::run(args),
+        Command::Regionspot(args) => regionspot::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,8 @@
 //!
 //! - [`shapes`]: a small open-vocabulary detector for the synthetic world (the learner's test
 //!   recipe and `detclip demo`'s model)
-//! - [`regionspot`]: RegionSpot (frozen SAM + frozen CLIP, a trained cross-attention module)
+//! - [`regionspot`], RegionSpot: frozen SAM + frozen CLIP, a trained cross-attention
+//!   module
 
 pub mod shapes;
 
