@@ -11,7 +11,7 @@ weights, batch 1 image with BOXES box prompts and 80 classes, eager, `eval()`:
 The module is the re-implementation of the official code in scripts/fixtures/regionspot.py.
 
     pip install segment-anything transformers
-    python pytorch_regionspot.py OUT.json REPS cpu|cuda BOXES THREADS
+    python pytorch_regionspot.py UNUSED OUT.json REPS cpu|cuda BOXES THREADS
 """
 
 import os
@@ -90,7 +90,8 @@ def run(device, reps, boxes):
 
 
 def main():
-    out, reps, want, boxes, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    # argv[1] (an inputs file) is unused: both sides draw their own random inputs.
+    out, reps, want, boxes, threads = sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
     torch.set_num_threads(threads)
     devs = devices(want)
     results = {d: run(d, reps, boxes) for d in devs}

@@ -184,7 +184,7 @@ impl RegionSpotRecipe {
                 sam_window: 4,
                 sam_dim: 32,
                 clip_size: 32,
-                clip_input: 64,
+                clip_input: 128,
                 clip_patch: 8,
                 clip_width: 64,
                 text_width: 64,
@@ -207,6 +207,8 @@ impl RegionSpotRecipe {
                 batch_size: 64,
                 lr: 2e-3,
                 margin: 0.1,
+                scenes_per_step: 8,
+                sam_steps: 300,
             }),
             cache_dir: None,
             loss: RegionSpotLossSettings {
@@ -235,7 +237,7 @@ impl RegionSpotRecipe {
                 size_divisor: 32,
             },
             learner: LearnerConfig {
-                steps: 300,
+                steps: 600,
                 seed: 0,
                 accumulate: 1,
                 optim: OptimConfig {
@@ -288,6 +290,8 @@ impl RegionSpotRecipe {
             t.images = 8;
             t.steps = 4;
             t.batch_size = 8;
+            t.scenes_per_step = 2;
+            t.sam_steps = 3;
         }
         let tiny_world = |seed, images, kind| SyntheticConfig {
             seed,
@@ -586,27 +590,32 @@ impl Recipe for RegionSpotRecipe {
             model = model.freeze();
         }
         if let (Some(t), RegionSpotModel::Small(s)) = (&self.teacher, &self.model) {
-            let crops = teacher::Crops::of_world(t, s.clip_size)?;
+            let data = teacher::teacher_data(t, s.clip_size, s.clip_input, s.sam_size)?;
             let template = self.templates.first().map_or(TEMPLATE, String::as_str);
+            let seed = self.learner.seed;
             let (clip, report) = teacher::pretrain(
                 model.clip,
-                &crops,
+                &data.crops,
+                &data.clip_scenes,
                 &self.text,
                 template,
                 t,
-                self.learner.seed,
+                seed,
                 device,
             )?;
+            let (sam, first, last) =
+                teacher::pretrain_sam(model.sam, &data.sam_scenes, t, seed, device)?;
             eprintln!(
-                "regionspot teacher: {} crops of {} concepts, loss {:.3} → {:.3}, crop accuracy {:.3}",
-                crops.len(),
-                crops.names.len(),
+                "regionspot teacher: CLIP on {} crops of {} concepts, loss {:.3} → {:.3}, crop \
+                 accuracy {:.3}; SAM box masks, loss {first:.3} → {last:.3}",
+                data.crops.len(),
+                data.crops.names.len(),
                 report.first_loss,
                 report.last_loss,
                 report.accuracy
             );
             model = RegionSpot {
-                sam: model.sam,
+                sam,
                 clip,
                 head: model.head,
             }

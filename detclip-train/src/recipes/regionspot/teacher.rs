@@ -4,18 +4,22 @@
 //! recipe gives its small CLIP that knowledge itself before freezing it: both towers are
 //! trained contrastively on crops of every concept of the synthetic world (held-out ones
 //! included, from images of another seed than the training and evaluation sets) against
-//! their names in the prompt template. Then SAM and CLIP stay frozen and only the
-//! RegionSpot module learns, from base classes only.
+//! their names in the prompt template. A second term makes its feature map locally semantic,
+//! as a web-trained CLIP's is and as RegionSpot needs (the module reads CLIP's patch tokens,
+//! not its pooled embedding): on whole images, the projected patch tokens inside each
+//! object's box are averaged and classified the same way. Then SAM and CLIP stay frozen and
+//! only the RegionSpot module learns, from base classes only.
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use detclip_core::data::synthetic::{Split, World, WorldConfig};
+use detclip_core::data::synthetic::{Object, Split, World, WorldConfig};
 use detclip_core::data::{Loaded, Orientation};
 use detclip_core::{DetError, Result};
 use detclip_models::clip::{Clip, l2_normalize};
+use detclip_models::sam::Sam;
 use image::imageops::{FilterType, resize};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -45,6 +49,10 @@ pub struct TeacherConfig {
     pub lr: f64,
     /// Context added around a box before cropping, as a fraction of its side.
     pub margin: f32,
+    /// Whole images per step for the feature-map term (0: crops only).
+    pub scenes_per_step: usize,
+    /// Steps of SAM's pre-training (0: SAM keeps its initial weights).
+    pub sam_steps: usize,
 }
 
 impl TeacherConfig {
@@ -60,6 +68,74 @@ impl TeacherConfig {
     }
 }
 
+/// Whole teacher images at CLIP's input side (padded to a square at the bottom and right with
+/// the mean pixel, as the recipe presents images), with every object's box and concept.
+pub struct Scenes {
+    /// Pixels, image-major `[3, S, S]` each, CLIP-normalised.
+    pub pixels: Vec<f32>,
+    /// Per image: `(box in pixels of the S × S input, concept index)`.
+    pub objects: Vec<Vec<([f32; 4], usize)>>,
+    /// The input side.
+    pub side: usize,
+    /// Per-channel mean and standard deviation of pixels in `0..=1`.
+    pub norm: ([f32; 3], [f32; 3]),
+}
+
+impl Scenes {
+    fn batch<B: Backend>(
+        &self,
+        rows: &[usize],
+        patch: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 4>, Tensor<B, 2>, Vec<i64>) {
+        let per = 3 * self.side * self.side;
+        let g = self.side / patch;
+        let mut data = Vec::with_capacity(rows.len() * per);
+        let mut weights = Vec::new();
+        let mut labels = Vec::new();
+        for (b, &r) in rows.iter().enumerate() {
+            data.extend_from_slice(&self.pixels[r * per..][..per]);
+            for &(bbox, label) in &self.objects[r] {
+                weights.extend(box_weights(bbox, patch, g, b, rows.len()));
+                labels.push(label as i64);
+            }
+        }
+        let pixels = Tensor::from_data(
+            TensorData::new(data, [rows.len(), 3, self.side, self.side]),
+            device,
+        );
+        let cells = rows.len() * g * g;
+        let weights = Tensor::from_data(TensorData::new(weights, [labels.len(), cells]), device);
+        (pixels, weights, labels)
+    }
+}
+
+/// One row of the pooling matrix: equal weights on the patches of image `b` whose centre lies
+/// in the box (the patch under the box's centre when none does), zero elsewhere.
+fn box_weights(bbox: [f32; 4], patch: usize, g: usize, b: usize, images: usize) -> Vec<f32> {
+    let mut row = vec![0.0f32; images * g * g];
+    let p = patch as f32;
+    let mut cells = Vec::new();
+    for y in 0..g {
+        for x in 0..g {
+            let (cx, cy) = ((x as f32 + 0.5) * p, (y as f32 + 0.5) * p);
+            if cx >= bbox[0] && cx <= bbox[2] && cy >= bbox[1] && cy <= bbox[3] {
+                cells.push(y * g + x);
+            }
+        }
+    }
+    if cells.is_empty() {
+        let cx = (((bbox[0] + bbox[2]) / 2.0 / p) as usize).min(g - 1);
+        let cy = (((bbox[1] + bbox[3]) / 2.0 / p) as usize).min(g - 1);
+        cells.push(cy * g + cx);
+    }
+    let w = 1.0 / cells.len() as f32;
+    for c in cells {
+        row[b * g * g + c] = w;
+    }
+    row
+}
+
 /// Crops of every object of the teacher's images, `[3, S, S]` each (CLIP-normalised), with
 /// the index of their concept in [`World::vocabulary`]`(Split::Test)`.
 pub struct Crops {
@@ -73,38 +149,103 @@ pub struct Crops {
     pub names: Vec<String>,
 }
 
-impl Crops {
-    /// Crops the objects of `config.images` test-split images of the default world with
-    /// seed `config.world_seed`.
-    ///
-    /// # Errors
-    /// Image decoding errors.
-    pub fn of_world(config: &TeacherConfig, side: usize) -> Result<Self> {
-        let world = World::new(WorldConfig {
-            seed: config.world_seed,
-            ..WorldConfig::default()
-        })?;
-        let names = world.vocabulary(Split::Test);
-        let mut crops = Crops {
-            pixels: Vec::new(),
-            labels: Vec::new(),
-            side,
-            names,
-        };
-        for i in 0..config.images {
-            let synthetic = world.image(Split::Test, i);
-            let loaded = Loaded::load(synthetic.sample, Orientation::Apply)?;
-            for object in &synthetic.objects {
-                let name = world.concept_name(object.color, object.shape);
-                let Some(label) = crops.names.iter().position(|n| *n == name) else {
-                    continue;
-                };
-                crops.push(&loaded.image, object.bbox, config.margin, label);
+/// The teacher's data from `config.images` test-split images of the default world with seed
+/// `config.world_seed`.
+pub struct TeacherData {
+    /// Object crops at CLIP's training side.
+    pub crops: Crops,
+    /// Whole images at CLIP's input side, CLIP-normalised.
+    pub clip_scenes: Scenes,
+    /// Whole images at SAM's input side, ImageNet-normalised (SAM's normalisation).
+    pub sam_scenes: Scenes,
+}
+
+/// Reads the teacher's images: crops at `crop_side`, whole images at `clip_side` and
+/// `sam_side`.
+///
+/// # Errors
+/// Image decoding errors.
+pub fn teacher_data(
+    config: &TeacherConfig,
+    crop_side: usize,
+    clip_side: usize,
+    sam_side: usize,
+) -> Result<TeacherData> {
+    let world = World::new(WorldConfig {
+        seed: config.world_seed,
+        ..WorldConfig::default()
+    })?;
+    let names = world.vocabulary(Split::Test);
+    let label = |o: &Object| {
+        let name = world.concept_name(o.color, o.shape);
+        names.iter().position(|n| *n == name)
+    };
+    let mut crops = Crops {
+        pixels: Vec::new(),
+        labels: Vec::new(),
+        side: crop_side,
+        names: names.clone(),
+    };
+    let imagenet = detclip_core::data::Normalize::imagenet();
+    let scenes = |side, norm| Scenes {
+        pixels: Vec::new(),
+        objects: Vec::new(),
+        side,
+        norm,
+    };
+    let mut clip_scenes = scenes(clip_side, (CLIP_MEAN, CLIP_STD));
+    let mut sam_scenes = scenes(sam_side, (imagenet.mean, imagenet.std));
+    for i in 0..config.images {
+        let synthetic = world.image(Split::Test, i);
+        let loaded = Loaded::load(synthetic.sample, Orientation::Apply)?;
+        for object in &synthetic.objects {
+            if let Some(l) = label(object) {
+                crops.push(&loaded.image, object.bbox, config.margin, l);
             }
         }
-        Ok(crops)
+        clip_scenes.push_image(&loaded.image, &synthetic.objects, label);
+        sam_scenes.push_image(&loaded.image, &synthetic.objects, label);
     }
+    Ok(TeacherData {
+        crops,
+        clip_scenes,
+        sam_scenes,
+    })
+}
 
+impl Scenes {
+    fn push_image(
+        &mut self,
+        image: &image::RgbImage,
+        objects: &[Object],
+        label: impl Fn(&Object) -> Option<usize>,
+    ) {
+        let long = image.width().max(image.height());
+        let mean = [124u8, 116, 104];
+        let mut square = image::RgbImage::from_pixel(long, long, image::Rgb(mean));
+        image::imageops::replace(&mut square, image, 0, 0);
+        let s = self.side as u32;
+        let resized = resize(&square, s, s, FilterType::Triangle);
+        let (mean, std) = self.norm;
+        for c in 0..3 {
+            for p in resized.pixels() {
+                self.pixels.push((p.0[c] as f32 / 255.0 - mean[c]) / std[c]);
+            }
+        }
+        let k = self.side as f32 / long as f32;
+        self.objects.push(
+            objects
+                .iter()
+                .filter_map(|o| {
+                    let b = o.bbox;
+                    label(o).map(|l| ([b[0] * k, b[1] * k, b[2] * k, b[3] * k], l))
+                })
+                .collect(),
+        );
+    }
+}
+
+impl Crops {
     fn push(&mut self, image: &image::RgbImage, bbox: [f32; 4], margin: f32, label: usize) {
         let (w, h) = (image.width() as f32, image.height() as f32);
         let (bw, bh) = (bbox[2] - bbox[0], bbox[3] - bbox[1]);
@@ -172,13 +313,15 @@ pub struct TeacherReport {
 }
 
 /// Trains both towers of `clip` on `crops` (softmax over all concept names in `template`,
-/// CLIP's logit scale), seeded by `seed`; returns the trained model, frozen again.
+/// CLIP's logit scale) and, with `scenes_per_step` > 0, on the box-pooled feature maps of
+/// `scenes`, seeded by `seed`; returns the trained model, frozen again.
 ///
 /// # Errors
 /// [`DetError::InvalidOption`] when there are no crops; text and shape errors.
 pub fn pretrain<B: AutodiffBackend>(
     clip: Clip<B>,
     crops: &Crops,
+    scenes: &Scenes,
     text: &TextSide,
     template: &str,
     config: &TeacherConfig,
@@ -218,7 +361,15 @@ pub fn pretrain<B: AutodiffBackend>(
         let pixels = flip_some(pixels, &mut rng);
         let logits = logits(&clip, pixels, ids.clone())?;
         let targets = Tensor::from_data(TensorData::new(labels, [rows.len()]), device);
-        let loss = ce.forward(logits, targets);
+        let mut loss = ce.forward(logits, targets);
+        if config.scenes_per_step > 0 && !scenes.objects.is_empty() {
+            let images: Vec<usize> = (0..config.scenes_per_step)
+                .map(|_| rng.random_range(0..scenes.objects.len()))
+                .collect();
+            if let Some(term) = scene_loss(&clip, scenes, &images, ids.clone(), &ce, device)? {
+                loss = loss + term;
+            }
+        }
         losses.push(scalar(loss.clone()));
         let grads = GradientsParams::from_grads(loss.backward(), &clip);
         let warm = ((step + 1) as f64 / 20.0).min(1.0);
@@ -236,6 +387,37 @@ pub fn pretrain<B: AutodiffBackend>(
             accuracy,
         },
     ))
+}
+
+/// Cross-entropy of the box-pooled, projected patch tokens of whole images against every
+/// concept name (`None` when the images hold no object).
+fn scene_loss<B: Backend>(
+    clip: &Clip<B>,
+    scenes: &Scenes,
+    images: &[usize],
+    ids: Tensor<B, 2, Int>,
+    ce: &burn::nn::loss::CrossEntropyLoss<B>,
+    device: &B::Device,
+) -> Result<Option<Tensor<B, 1>>> {
+    let patch = clip.vision.patch_size();
+    let (pixels, weights, labels) = scenes.batch::<B>(images, patch, device);
+    if labels.is_empty() {
+        return Ok(None);
+    }
+    let grid = clip.vision.forward(pixels)?.grid;
+    let dense = clip.vision.project_grid(grid);
+    let [n, e, h, w] = dense.dims();
+    let tokens = dense
+        .reshape([n, e, h * w])
+        .swap_dims(1, 2)
+        .reshape([n * h * w, e]);
+    let pooled = weights.matmul(tokens);
+    let text = clip.text.forward(ids)?.text_embeds;
+    let scale = clip.logit_scale.val().exp().reshape([1, 1]);
+    let logits = l2_normalize(pooled).matmul(l2_normalize(text).transpose()) * scale;
+    let k = labels.len();
+    let targets = Tensor::from_data(TensorData::new(labels, [k]), device);
+    Ok(Some(ce.forward(logits, targets)))
 }
 
 /// Mirrors about half of the crops (names say nothing of left and right).
@@ -292,4 +474,120 @@ fn accuracy<B: AutodiffBackend>(
         right += pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
     }
     Ok(right as f64 / crops.len() as f64)
+}
+
+/// Pre-trains SAM to segment boxes (the synthetic world keeps no object masks, so the target
+/// is the box itself, at the mask decoder's resolution): with box prompts, the mask decoder's
+/// output for each box is pulled towards that box's mask (binary cross-entropy plus dice), so
+/// that the position-aware tokens RegionSpot reads differ from box to box as a trained SAM's
+/// do. Four images per step, AdamW, seeded by `seed`; returns SAM frozen again and the mean
+/// loss of the first and last tenth of the steps.
+///
+/// # Errors
+/// Shape errors.
+pub fn pretrain_sam<B: AutodiffBackend>(
+    sam: Sam<B>,
+    scenes: &Scenes,
+    config: &TeacherConfig,
+    seed: u64,
+    device: &B::Device,
+) -> Result<(Sam<B>, f64, f64)> {
+    let mut sam = sam.map(&mut RequireGrad);
+    let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5a3_7ea);
+    let usable: Vec<usize> = (0..scenes.objects.len())
+        .filter(|&i| !scenes.objects[i].is_empty())
+        .collect();
+    if usable.is_empty() || config.sam_steps == 0 {
+        return Ok((sam.no_grad(), f64::NAN, f64::NAN));
+    }
+    let per = 3 * scenes.side * scenes.side;
+    let mut losses = Vec::with_capacity(config.sam_steps);
+    for step in 0..config.sam_steps {
+        let rows: Vec<usize> = (0..4)
+            .map(|_| usable[rng.random_range(0..usable.len())])
+            .collect();
+        let mut data = Vec::with_capacity(rows.len() * per);
+        for &r in &rows {
+            data.extend_from_slice(&scenes.pixels[r * per..][..per]);
+        }
+        let images = Tensor::<B, 4>::from_data(
+            TensorData::new(data, [rows.len(), 3, scenes.side, scenes.side]),
+            device,
+        );
+        let embeddings = sam.embed_images(images)?;
+        let mut total: Option<Tensor<B, 1>> = None;
+        for (b, &r) in rows.iter().enumerate() {
+            let objects = &scenes.objects[r];
+            let n = objects.len();
+            let flat: Vec<f32> = objects.iter().flat_map(|(bbox, _)| *bbox).collect();
+            let boxes = Tensor::<B, 2>::from_data(TensorData::new(flat, [n, 4]), device);
+            let out = sam.decode(
+                embeddings.clone().narrow(0, b, 1),
+                None,
+                Some(boxes),
+                None,
+                false,
+            )?;
+            let [_, _, mh, mw] = out.masks.dims();
+            let target = box_masks::<B>(objects, scenes.side, mh, mw, device);
+            let logits = out.masks.reshape([n, mh * mw]);
+            let term = mask_loss(logits, target);
+            total = Some(match total {
+                Some(t) => t + term,
+                None => term,
+            });
+        }
+        let Some(loss) = total.map(|t| t / rows.len() as f32) else {
+            continue;
+        };
+        losses.push(scalar(loss.clone()));
+        let grads = GradientsParams::from_grads(loss.backward(), &sam);
+        let warm = ((step + 1) as f64 / 20.0).min(1.0);
+        sam = optim.step(config.lr * warm, sam, grads);
+    }
+    let tenth = (losses.len() / 10).max(1);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    Ok((
+        sam.no_grad(),
+        mean(&losses[..tenth]),
+        mean(&losses[losses.len() - tenth..]),
+    ))
+}
+
+/// Filled boxes `[n, mh·mw]` at the mask decoder's resolution (`side` input pixels map to
+/// `mh × mw` cells; a cell is inside when its centre is).
+fn box_masks<B: Backend>(
+    objects: &[([f32; 4], usize)],
+    side: usize,
+    mh: usize,
+    mw: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let (sy, sx) = (side as f32 / mh as f32, side as f32 / mw as f32);
+    let mut data = Vec::with_capacity(objects.len() * mh * mw);
+    for (b, _) in objects {
+        for y in 0..mh {
+            for x in 0..mw {
+                let (cx, cy) = ((x as f32 + 0.5) * sx, (y as f32 + 0.5) * sy);
+                let inside = cx >= b[0] && cx <= b[2] && cy >= b[1] && cy <= b[3];
+                data.push(if inside { 1.0f32 } else { 0.0 });
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [objects.len(), mh * mw]), device)
+}
+
+/// Mean binary cross-entropy plus mean dice loss of mask logits `[n, P]` against `{0, 1}`
+/// targets, `[1]`.
+fn mask_loss<B: Backend>(logits: Tensor<B, 2>, target: Tensor<B, 2>) -> Tensor<B, 1> {
+    let bce = detclip_core::loss::bce_with_logits(logits.clone(), target.clone())
+        .mean()
+        .reshape([1]);
+    let p = burn::tensor::activation::sigmoid(logits);
+    let inter = (p.clone() * target.clone()).sum_dim(1);
+    let sums = p.sum_dim(1) + target.sum_dim(1);
+    let dice = (inter * 2.0 + 1.0) / (sums + 1.0);
+    let n = dice.dims()[0];
+    bce + (dice.neg() + 1.0).reshape([n]).mean()
 }
