@@ -17,6 +17,8 @@ use crate::recipes::regionspot::{CacheReport, cache_features};
 use crate::recipes::{RegionSpotRecipe, ShapesRecipe};
 
 /// Every recipe this build knows.
+/// (Built once per command: the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AnyRecipe {
     /// [`ShapesRecipe`].

@@ -593,16 +593,8 @@ impl Recipe for RegionSpotRecipe {
             let data = teacher::teacher_data(t, s.clip_size, s.clip_input, s.sam_size)?;
             let template = self.templates.first().map_or(TEMPLATE, String::as_str);
             let seed = self.learner.seed;
-            let (clip, report) = teacher::pretrain(
-                model.clip,
-                &data.crops,
-                &data.clip_scenes,
-                &self.text,
-                template,
-                t,
-                seed,
-                device,
-            )?;
+            let (clip, report) =
+                teacher::pretrain(model.clip, &data, &self.text, template, t, seed, device)?;
             let (sam, first, last) =
                 teacher::pretrain_sam(model.sam, &data.sam_scenes, t, seed, device)?;
             eprintln!(

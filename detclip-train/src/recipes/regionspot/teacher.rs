@@ -312,22 +312,22 @@ pub struct TeacherReport {
     pub accuracy: f64,
 }
 
-/// Trains both towers of `clip` on `crops` (softmax over all concept names in `template`,
-/// CLIP's logit scale) and, with `scenes_per_step` > 0, on the box-pooled feature maps of
-/// `scenes`, seeded by `seed`; returns the trained model, frozen again.
+/// Trains both towers of `clip` on the crops (softmax over all concept names in `template`,
+/// CLIP's logit scale) and, with `scenes_per_step` > 0, on the box-pooled feature maps of the
+/// whole images, seeded by `seed`; returns the trained model, frozen again.
 ///
 /// # Errors
 /// [`DetError::InvalidOption`] when there are no crops; text and shape errors.
 pub fn pretrain<B: AutodiffBackend>(
     clip: Clip<B>,
-    crops: &Crops,
-    scenes: &Scenes,
+    data: &TeacherData,
     text: &TextSide,
     template: &str,
     config: &TeacherConfig,
     seed: u64,
     device: &B::Device,
 ) -> Result<(Clip<B>, TeacherReport)> {
+    let (crops, scenes) = (&data.crops, &data.clip_scenes);
     if crops.is_empty() {
         return Err(DetError::InvalidOption {
             op: "regionspot teacher",
