@@ -12,3 +12,4 @@ mod config;
 mod learner;
 mod sampler;
 mod schedule;
+mod vild;
