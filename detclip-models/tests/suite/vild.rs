@@ -4,6 +4,9 @@
 //! the mask head; then the pieces torchvision has no counterpart for (matcher, sampler,
 //! ensemble, class embeddings, loss and prediction).
 
+use std::collections::BTreeMap;
+
+use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use detclip_core::DetError;
@@ -16,6 +19,7 @@ use detclip_models::vild::{
     ensemble_scores, match_boxes, predict, sample_balanced, torchvision_keys, vild_loss,
     vild_text_logits,
 };
+use regex::Regex;
 
 use crate::harness::{Fixture, assert_close, fixtures, max_abs_diff, to_vec};
 
@@ -415,5 +419,78 @@ backend_test! {
         }
         let err = predict(&model, images, classes, &[true], &VildPredictConfig::new()).unwrap_err();
         assert!(matches!(err, DetError::Shape { what: "is_base", .. }), "{err}");
+    }
+}
+
+/// Every parameter's path, container type and (lazy) shape.
+#[derive(Default)]
+struct LazyShapes {
+    path: Vec<String>,
+    containers: Vec<String>,
+    found: Vec<(String, String, Vec<usize>)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for LazyShapes {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push(name.into());
+        self.containers.push(container_type.into());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+        self.containers.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let container = self.containers.last().cloned().unwrap_or_default();
+        self.found
+            .push((self.path.join("."), container, param.lazy_shape().to_vec()));
+    }
+}
+
+backend_test! {
+    fn vild_r50_matches_torchvision_maskrcnn_resnet50_fpn_layout<B>(device) {
+        // Built lazily: none of the ~44M parameters is allocated.
+        let manifest = std::fs::read_to_string(fixtures().join("vild_r50_torchvision_shapes.txt")).unwrap();
+        let keys = torchvision_keys();
+        let ignore: Vec<Regex> = keys.ignore.iter().map(|p| Regex::new(p).unwrap()).collect();
+        let mut official: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut ignored = 0;
+        for line in manifest.lines() {
+            let (key, shape) = line.split_once(' ').unwrap();
+            let key = keys.rename.iter().fold(key.to_string(), |k, (p, r)| Regex::new(p).unwrap().replace(&k, r.as_str()).into_owned());
+            if ignore.iter().any(|re| re.is_match(&key)) {
+                ignored += 1;
+                continue;
+            }
+            let shape = shape.split(',').map(|d| d.parse().unwrap()).collect();
+            assert!(official.insert(key.clone(), shape).is_none(), "two official keys map to {key}");
+        }
+        let mut visitor = LazyShapes::default();
+        VildConfig::r50(512).init::<B>(device).unwrap().visit(&mut visitor);
+        let vild_own = ["background", "box_regression.", "projection.", "image_projection.", "mask_head.logits."];
+        let ours: BTreeMap<String, Vec<usize>> = visitor
+            .found
+            .iter()
+            .filter(|(path, _, _)| !vild_own.iter().any(|p| path.starts_with(p)))
+            .map(|(path, container, shape)| {
+                let norm = container == "Struct:BatchNorm";
+                match path.rsplit_once('.') {
+                    Some((_, "weight")) if container == "Struct:Linear" => (path.clone(), shape.iter().rev().copied().collect()),
+                    Some((prefix, "gamma")) if norm => (format!("{prefix}.weight"), shape.clone()),
+                    Some((prefix, "beta")) if norm => (format!("{prefix}.bias"), shape.clone()),
+                    _ => (path.clone(), shape.clone()),
+                }
+            })
+            .collect();
+        let only_official: Vec<_> = official.keys().filter(|k| !ours.contains_key(*k)).collect();
+        let only_ours: Vec<_> = ours.keys().filter(|k| !official.contains_key(*k)).collect();
+        assert!(only_official.is_empty() && only_ours.is_empty(), "only torchvision {only_official:?}, only ours {only_ours:?}");
+        for (key, shape) in &official {
+            assert_eq!(&ours[key], shape, "{key}");
+        }
+        // 53 norms' num_batches_tracked, box_predictor's and mask_fcn_logits' weight and bias.
+        assert_eq!(ignored, 53 + 4 + 2, "ignored keys");
+        eprintln!("ViLD R50: {} tensors match maskrcnn_resnet50_fpn, {ignored} ignored", official.len());
     }
 }
