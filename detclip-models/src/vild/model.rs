@@ -316,11 +316,23 @@ impl<B: Backend> Vild<B> {
 
     /// The ensemble's image-branch logits `[K, C]`: cosine of the distilled embeddings with the
     /// classes over the temperature (no background: distillation never sees one).
+    ///
+    /// # Errors
+    /// [`DetError::Shape`] when the widths differ.
     pub fn image_logits(
         &self,
         image_embeddings: Tensor<B, 2>,
         classes: Tensor<B, 2>,
-    ) -> Tensor<B, 2> {
-        cosine_logits(image_embeddings, classes, self.temperature)
+    ) -> detclip_core::Result<Tensor<B, 2>> {
+        let e = image_embeddings.dims()[1];
+        if classes.dims()[1] != e {
+            return Err(DetError::Shape {
+                op: "Vild::image_logits",
+                what: "classes",
+                got: classes.dims().to_vec(),
+                expected: format!("[C, {e}] like the region embeddings"),
+            });
+        }
+        Ok(cosine_logits(image_embeddings, classes, self.temperature))
     }
 }

@@ -118,7 +118,7 @@ pub fn predict<B: Backend>(
     let text = softmax(model.text_logits(regions.embeddings, classes.clone())?, 1).narrow(1, 1, c);
     let scores = match &config.ensemble {
         Some(weights) => {
-            let image = softmax(model.image_logits(regions.image_embeddings, classes), 1);
+            let image = softmax(model.image_logits(regions.image_embeddings, classes)?, 1);
             ensemble_scores(text, image, is_base, weights)?
         }
         None => text,

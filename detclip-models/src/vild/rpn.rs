@@ -253,7 +253,9 @@ pub(super) fn read<B: Backend, const D: usize>(
 
 /// torchvision's `RegionProposalNetwork.filter_proposals`: per image and level the
 /// `pre_nms_top_n` best anchors by objectness, decoded (`DeltaBoxCoder` with weights 1),
-/// clipped to the image, small boxes dropped, NMS within each level, then the
+/// clipped to `image_size` (the padded batch: a proposal of an image smaller than the batch
+/// may reach into its bottom/right padding; clip again per image where it matters, as the
+/// precompute does), small boxes dropped, NMS within each level, then the
 /// `post_nms_top_n` best. The selection runs on the host (as NMS does on every backend); the
 /// proposals carry no gradient.
 ///
