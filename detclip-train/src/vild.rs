@@ -47,6 +47,9 @@ pub struct PrecomputeOptions {
     pub crop_size: u32,
     /// Crop scales around each proposal's centre (ViLD: 1× and 1.5×).
     pub crop_scales: Vec<f32>,
+    /// Crops per CLIP forward pass (bounds CLIP's activations: ViT-L on 600 crops at once
+    /// would need tens of GB).
+    pub crop_batch: usize,
     /// Stop after writing this many shards (the rest is left for a later run); `None`: all.
     pub max_shards: Option<usize>,
 }
@@ -60,6 +63,7 @@ impl Default for PrecomputeOptions {
             max_long: Some(1333),
             crop_size: 224,
             crop_scales: vec![1.0, 1.5],
+            crop_batch: 64,
             max_shards: None,
         }
     }
@@ -223,8 +227,18 @@ fn crop_embeddings<B: Backend>(
         }
     }
     let (m, k, s) = (boxes.len(), options.crop_scales.len(), s as usize);
-    let batch = Tensor::<B, 4>::from_data(TensorData::new(pixels, [k * m, 3, s, s]), device);
-    let embeds = l2_normalize(clip.forward(batch)?.image_embeds);
+    let crop = 3 * s * s;
+    let embeds = pixels
+        .chunks(options.crop_batch * crop)
+        .map(|chunk| {
+            let batch = Tensor::<B, 4>::from_data(
+                TensorData::new(chunk.to_vec(), [chunk.len() / crop, 3, s, s]),
+                device,
+            );
+            Ok(l2_normalize(clip.forward(batch)?.image_embeds))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let embeds = Tensor::cat(embeds, 0);
     let e = embeds.dims()[1];
     Ok(l2_normalize(
         embeds.reshape([k, m, e]).sum_dim(0).reshape([m, e]),
@@ -257,13 +271,14 @@ pub fn precompute<B: Backend>(
 ) -> Result<PrecomputeReport> {
     if options.proposals == 0
         || options.shard_size == 0
+        || options.crop_batch == 0
         || options.crop_scales.is_empty()
         || options.crop_size == 0
     {
         return Err(DetError::InvalidOption {
             op: "vild precompute",
             why: format!(
-                "proposals, shard_size, crop_size and crop_scales must be non-zero: {options:?}"
+                "proposals, shard_size, crop_batch, crop_size and crop_scales must be non-zero: {options:?}"
             ),
         });
     }

@@ -289,7 +289,7 @@ pub fn select_proposals<B: Backend>(
     let boxes = read("select_proposals", boxes)?;
     let logits = read("select_proposals", obj.detach())?;
     let (h, w) = (image_size[0] as f32, image_size[1] as f32);
-    Ok((0..n)
+    (0..n)
         .map(|i| {
             let logits = &logits[i * total..(i + 1) * total];
             let boxes = &boxes[i * total * 4..(i + 1) * total * 4];
@@ -323,10 +323,9 @@ pub fn select_proposals<B: Backend>(
                 &cand_scores,
                 &cand_levels,
                 limits.nms_threshold,
-            )
-            .unwrap_or_default();
+            )?;
             let keep = &keep[..keep.len().min(limits.post_nms_top_n)];
-            Proposals {
+            Ok(Proposals {
                 boxes: keep
                     .iter()
                     .map(|&k| {
@@ -339,9 +338,9 @@ pub fn select_proposals<B: Backend>(
                     })
                     .collect(),
                 scores: keep.iter().map(|&k| cand_scores[k]).collect(),
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The RPN's two losses.

@@ -107,6 +107,15 @@ backend_test! {
                 assert!(bx[0] <= bx[2] && bx[1] <= bx[3] && bx[2] <= s.width as f32 + 1e-3 && bx[3] <= s.height as f32 + 1e-3);
             }
         }
+        // CLIP in chunks of 3 crops: the same proposals, the same embeddings up to rounding.
+        let chunked = scratch("vild-precompute-chunked");
+        let small_batches = PrecomputeOptions { crop_batch: 3, ..options.clone() };
+        precompute(&detector, &clip, &samples, &chunked, &small_batches, device).unwrap();
+        for (key, tc) in load_teachers(&chunked).unwrap() {
+            assert_eq!(tc.boxes, a[&key].boxes);
+            let d = tc.embeddings.iter().zip(&a[&key].embeddings).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(d < 1e-5, "{key}: chunked CLIP differs by {d}");
+        }
         let total: usize = a.values().map(|t| t.boxes.len()).sum();
         assert_eq!(total, 5 * 7, "no proposal lost or duplicated");
         // Another dataset in the same folder: the keys do not match, the shards are redone.
