@@ -6,18 +6,21 @@
 //! cargo run -p detclip-bench --release -- dcn [--device …] [--shapes plain|dyhead|all]
 //! cargo run -p detclip-bench --release -- models [--device …] [--models swin,bert,clip,sam] [--reps 2]
 //! cargo run -p detclip-bench --release -- regionspot [--device …] [--boxes 100] [--reps 2]
+//! cargo run -p detclip-bench --release -- vild [--device …] [--detector r50|tiny] [--proposals 32]
 //! ```
 //! `ops` times NMS and RoIAlign against torchvision on the same inputs (written to a
 //! safetensors file that `reference/torchvision_ops.py` reads), checks that both agree, and
 //! writes a Markdown table with the machine and the command. `dcn` times deformable convolution
 //! v2 against torchvision; `models` times the forward pass of whole model blocks (Swin-T,
-//! BERT-base, CLIP ViT-B/16, SAM ViT-B) against their PyTorch implementations.
+//! BERT-base, CLIP ViT-B/16, SAM ViT-B) against their PyTorch implementations; `vild` measures
+//! ViLD's precompute throughput (crops embedded per second) and training step time.
 
 mod common;
 mod dcn;
 mod models;
 mod ops;
 mod regionspot;
+mod vild;
 
 use std::process::ExitCode;
 
@@ -43,6 +46,8 @@ enum Command {
     Models(models::ModelsArgs),
     /// RegionSpot: regions per second (cached vs on the fly) and training step against PyTorch.
     Regionspot(regionspot::RegionSpotArgs),
+    /// ViLD: precompute crops embedded per second, training step time.
+    Vild(vild::VildArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         Command::Dcn(args) => dcn::run(args),
         Command::Models(args) => models::run(args),
         Command::Regionspot(args) => regionspot::run(args),
+        Command::Vild(args) => vild::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,8 @@
 //!   transformer, in the HF and OpenAI checkpoint layouts
 //! - [`regionspot`]: RegionSpot — frozen SAM and CLIP joined by a trained cross-attention
 //!   module; focal loss, frozen-feature cache, official checkpoint key map
+//! - [`vild`]: ViLD — a class-agnostic two-stage detector (RPN, multi-level RoIAlign) whose
+//!   regions are classified by CLIP text embeddings and distilled from CLIP image embeddings
 //! - [`tokenizer`]: HF `tokenizer.json` tokenizers (BERT WordPiece, CLIP BPE) with padding,
 //!   truncation and character-span ↔ token maps
 #![warn(missing_docs)]
@@ -31,3 +33,4 @@ pub mod resnet;
 pub mod sam;
 pub mod swin;
 pub mod tokenizer;
+pub mod vild;

@@ -13,6 +13,8 @@
 //! - [`commands`]: `detclip train`, `detect` and `demo` as functions (device and recipe
 //!   chosen at run time)
 //! - [`draw`]: boxes, labels and plots drawn into images
+//! - [`vild`]: `detclip vild precompute` — CLIP teacher embeddings of the proposals, in
+//!   resumable shards
 //! - [`check`], [`eval_cli`]: `detclip check` and `detclip eval`
 #![warn(missing_docs)]
 
@@ -26,3 +28,4 @@ pub mod evaluate;
 pub mod learner;
 pub mod recipe;
 pub mod recipes;
+pub mod vild;

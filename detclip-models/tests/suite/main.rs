@@ -17,3 +17,4 @@ mod resnet;
 mod sam;
 mod swin;
 mod tokenizer;
+mod vild;

@@ -10,6 +10,9 @@
 //! detclip detect --checkpoint C --image PATH|DIR --prompt "cat. dog." [--threshold 0.3] [--out DIR]
 //! detclip demo [--out DIR] [--device cpu] [--steps N]
 //! detclip regionspot cache [--config FILE | --checkpoint C] --out DIR [--device auto]
+//! detclip vild precompute --annotations GT.json --images DIR --detector MASKRCNN.pth --clip CLIP
+//!     [--clip-model vit-b-32] [--clip-layout hf|openai] [--out DIR] [--proposals 300]
+//!     [--shard-size 256] [--max-shards N] [--device auto]
 //! ```
 //! `check` runs every core op on the device and compares it with the CPU reference. `eval`
 //! computes COCO / LVIS box AP (pycocotools / lvis parity), ODinW means and grounding recall;
@@ -97,6 +100,11 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// ViLD tools.
+    Vild {
+        #[command(subcommand)]
+        what: VildCommand,
+    },
     /// Train a small detector on the synthetic world and measure held-out-concept AP.
     Demo {
         /// Output folder.
@@ -133,6 +141,115 @@ enum RegionSpotCommand {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+}
+
+#[derive(Subcommand)]
+enum VildCommand {
+    /// CLIP embeddings of every training image's proposals (1× and 1.5× crops), for
+    /// ViLD-image; resumable (whole shards are skipped).
+    Precompute {
+        /// COCO/LVIS instances json of the training images.
+        #[arg(long)]
+        annotations: PathBuf,
+        /// Their image folder.
+        #[arg(long)]
+        images: PathBuf,
+        /// torchvision maskrcnn_resnet50_fpn state dict (the proposal network).
+        #[arg(long)]
+        detector: PathBuf,
+        /// CLIP checkpoint.
+        #[arg(long)]
+        clip: PathBuf,
+        /// vit-b-32 | vit-b-16 | vit-l-14
+        #[arg(long, default_value = "vit-b-32")]
+        clip_model: String,
+        /// hf | openai
+        #[arg(long, default_value = "hf")]
+        clip_layout: String,
+        /// Output folder of the shards.
+        #[arg(long, default_value = "vild-teacher")]
+        out: PathBuf,
+        /// Proposals kept per image.
+        #[arg(long, default_value_t = 300)]
+        proposals: usize,
+        /// Images per shard.
+        #[arg(long, default_value_t = 256)]
+        shard_size: usize,
+        /// Stop after writing this many shards.
+        #[arg(long)]
+        max_shards: Option<usize>,
+        /// cpu | ndarray | wgpu[:N] | cuda[:N] | auto
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+}
+
+fn run_vild(what: VildCommand) -> ExitCode {
+    use detclip_models::clip::ClipLayout;
+    use detclip_train::vild::{
+        ClipModel, PrecomputeCommand, PrecomputeOptions, precompute_command,
+    };
+    let VildCommand::Precompute {
+        annotations,
+        images,
+        detector,
+        clip,
+        clip_model,
+        clip_layout,
+        out,
+        proposals,
+        shard_size,
+        max_shards,
+        device,
+    } = what;
+    let clip_model: ClipModel = match clip_model.parse() {
+        Ok(m) => m,
+        Err(e) => return fail("vild precompute", e),
+    };
+    let clip_layout = match clip_layout.as_str() {
+        "hf" => ClipLayout::Hf,
+        "openai" => ClipLayout::OpenAi,
+        other => {
+            return fail(
+                "vild precompute",
+                format!("unknown --clip-layout `{other}` (hf, openai)"),
+            );
+        }
+    };
+    let command = PrecomputeCommand {
+        annotations,
+        images,
+        detector,
+        clip,
+        clip_model,
+        clip_layout,
+        out: out.clone(),
+        options: PrecomputeOptions {
+            proposals,
+            shard_size,
+            max_shards,
+            ..Default::default()
+        },
+    };
+    match precompute_command(command, &device) {
+        Ok(r) => {
+            println!(
+                "{} shards: {} written, {} already there, {} crops embedded{}; folder {}",
+                r.shards,
+                r.written,
+                r.skipped,
+                r.crops,
+                if r.complete {
+                    ""
+                } else {
+                    " (stopped early: run again to resume)"
+                },
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("vild precompute", e),
+    }
 }
 
 #[derive(Subcommand)]
@@ -366,6 +483,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail("regionspot cache", e),
         },
+        Command::Vild { what } => run_vild(what),
         Command::Check { device, seed, json } => {
             let result = device
                 .parse::<DeviceSpec>()

@@ -13,3 +13,4 @@ mod learner;
 mod regionspot;
 mod sampler;
 mod schedule;
+mod vild;
