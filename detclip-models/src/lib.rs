@@ -15,10 +15,14 @@
 //!   transformer, in the HF and OpenAI checkpoint layouts
 //! - [`regionspot`]: RegionSpot — frozen SAM and CLIP joined by a trained cross-attention
 //!   module; focal loss, frozen-feature cache, official checkpoint key map
+//! - [`align`]: word–region alignment for image-text pairs (DetCLIPv2): region–concept
+//!   scores, max and soft-max region aggregation, the text-to-image contrastive loss,
+//!   proposal selection
 //! - [`tokenizer`]: HF `tokenizer.json` tokenizers (BERT WordPiece, CLIP BPE) with padding,
 //!   truncation and character-span ↔ token maps
 #![warn(missing_docs)]
 
+pub mod align;
 mod attention;
 pub mod bert;
 pub mod clip;

@@ -7,6 +7,7 @@ extern crate detclip_core;
 
 mod harness;
 
+mod align;
 mod bert;
 mod clip;
 mod fpn;
