@@ -3,7 +3,11 @@
 //!
 //! - [`shapes`]: a small open-vocabulary detector for the synthetic world (the learner's test
 //!   recipe and `detclip demo`'s model)
+//! - [`detclipv2`]: DetCLIPv2 — joint detection, grounding and image-text training with
+//!   word–region alignment
 
+pub mod detclipv2;
 pub mod shapes;
 
+pub use detclipv2::DetClipV2Recipe;
 pub use shapes::ShapesRecipe;
