@@ -5,15 +5,19 @@
 //! cargo run -p detclip-bench --release -- ops [--device cpu|wgpu|cuda] [--out detclip-bench/results/ops.md]
 //! cargo run -p detclip-bench --release -- dcn [--device …] [--shapes plain|dyhead|all]
 //! cargo run -p detclip-bench --release -- models [--device …] [--models swin,bert,clip,sam] [--reps 2]
+//! cargo run -p detclip-bench --release -- detclipv2 [--device …] [--model small|swin-t] [--vocab 80,1203,13204]
 //! ```
 //! `ops` times NMS and RoIAlign against torchvision on the same inputs (written to a
 //! safetensors file that `reference/torchvision_ops.py` reads), checks that both agree, and
 //! writes a Markdown table with the machine and the command. `dcn` times deformable convolution
 //! v2 against torchvision; `models` times the forward pass of whole model blocks (Swin-T,
-//! BERT-base, CLIP ViT-B/16, SAM ViT-B) against their PyTorch implementations.
+//! BERT-base, CLIP ViT-B/16, SAM ViT-B) against their PyTorch implementations. `detclipv2`
+//! measures DetCLIPv2's latency against the vocabulary size (cache built once) and the memory
+//! of max vs soft-max region aggregation (no reference: its code was not released).
 
 mod common;
 mod dcn;
+mod detclipv2;
 mod models;
 mod ops;
 
@@ -39,6 +43,8 @@ enum Command {
     Dcn(dcn::DcnArgs),
     /// Forward time of Swin-T, BERT-base, CLIP ViT-B/16 and SAM ViT-B against PyTorch.
     Models(models::ModelsArgs),
+    /// DetCLIPv2: latency against the vocabulary size, memory of max vs soft-max aggregation.
+    Detclipv2(detclipv2::DetClipV2Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
         Command::Ops(args) => ops::run(args),
         Command::Dcn(args) => dcn::run(args),
         Command::Models(args) => models::run(args),
+        Command::Detclipv2(args) => detclipv2::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -110,12 +110,12 @@ pub fn cross_scores<B: Backend>(
             format!("[I, K, {d}] (the concepts are [{t}, {m}, {d}])"),
         ));
     }
-    let c = concepts.reshape([t, 1, m, d]).expand([t, i, m, d]);
-    let p = proposals
-        .swap_dims(1, 2)
-        .reshape([1, i, d, k])
-        .expand([t, i, d, k]);
-    Ok(c.matmul(p))
+    // One [T·M, D] × [D, I·K] product: broadcasting both operands to [T, I, …] first would
+    // materialise I copies of the concepts and T copies of the proposals.
+    let flat = concepts
+        .reshape([t * m, d])
+        .matmul(proposals.reshape([i * k, d]).transpose());
+    Ok(flat.reshape([t, m, i, k]).swap_dims(1, 2))
 }
 
 /// Image–caption similarities from region–concept scores.

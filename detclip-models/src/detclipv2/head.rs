@@ -57,7 +57,7 @@ impl AlignHeadConfig {
             || self.embed_dim == 0
             || self.levels == 0
             || self.norm_groups == 0
-            || c % self.norm_groups != 0
+            || !c.is_multiple_of(self.norm_groups)
         {
             return Err(detclip_core::DetError::InvalidOption {
                 op: "AlignHead",

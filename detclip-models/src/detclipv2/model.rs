@@ -103,9 +103,11 @@ impl DetClipV2Config {
     /// # Errors
     /// The blocks' own checks; a prior probability outside `(0, 1)` or a non-positive scale.
     pub fn init<B: Backend>(&self, device: &B::Device) -> detclip_core::Result<DetClipV2<B>> {
-        if !(self.prior_prob > 0.0 && self.prior_prob < 1.0)
-            || !(self.logit_scale > 0.0 && self.anchor_scale > 0.0)
-        {
+        let valid = self.prior_prob > 0.0
+            && self.prior_prob < 1.0
+            && self.logit_scale > 0.0
+            && self.anchor_scale > 0.0;
+        if !valid {
             return Err(DetError::InvalidOption {
                 op: "DetClipV2",
                 why: format!(
@@ -230,7 +232,12 @@ impl<B: DetclipOps> DetClipV2<B> {
     /// [`DetError::Shape`] for another channel count or sides that are not multiples of 32.
     pub fn forward_image(&self, images: Tensor<B, 4>) -> detclip_core::Result<HeadOutput<B>> {
         let dims = images.dims();
-        if dims[1] != 3 || dims[2] == 0 || dims[3] == 0 || dims[2] % 32 != 0 || dims[3] % 32 != 0 {
+        if dims[1] != 3
+            || dims[2] == 0
+            || dims[3] == 0
+            || !dims[2].is_multiple_of(32)
+            || !dims[3].is_multiple_of(32)
+        {
             return Err(DetError::Shape {
                 op: "DetClipV2",
                 what: "images",

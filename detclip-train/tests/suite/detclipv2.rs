@@ -90,3 +90,37 @@ fn detclipv2_config_round_trips_and_old_synthetic_configs_parse() {
         2
     );
 }
+
+/// The experiment's configs (the book's commands train from them) are the presets, written
+/// out: `DETCLIP_WRITE_CONFIGS=1 cargo test -p detclip-train --test suite detclipv2` rewrites
+/// them after a preset changes.
+#[test]
+fn detclipv2_experiment_configs_are_the_presets() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    for (file, recipe) in [
+        (
+            "detclipv2-detection-only.json",
+            DetClipV2Recipe::detection_only(),
+        ),
+        (
+            "detclipv2-detection-captions.json",
+            DetClipV2Recipe::detection_and_captions(),
+        ),
+    ] {
+        let path = dir.join(file);
+        let text = serde_json::to_string_pretty(&recipe).unwrap() + "\n";
+        if std::env::var_os("DETCLIP_WRITE_CONFIGS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (write it with DETCLIP_WRITE_CONFIGS=1)",
+                path.display()
+            )
+        });
+        assert_eq!(on_disk, text, "{} differs from the preset", path.display());
+        let parsed: DetClipV2Recipe = parse_config(&on_disk, file).unwrap();
+        assert_eq!(parsed.learner.steps, recipe.learner.steps);
+    }
+}
