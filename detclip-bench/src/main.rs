@@ -7,6 +7,7 @@
 //! cargo run -p detclip-bench --release -- models [--device …] [--models swin,bert,clip,sam] [--reps 2]
 //! cargo run -p detclip-bench --release -- regionspot [--device …] [--boxes 100] [--reps 2]
 //! cargo run -p detclip-bench --release -- vild [--device …] [--detector r50|tiny] [--proposals 32]
+//! cargo run -p detclip-bench --release -- detclipv2 [--device …] [--model small|swin-t] [--vocab 80,1203,13204]
 //! ```
 //! `ops` times NMS and RoIAlign against torchvision on the same inputs (written to a
 //! safetensors file that `reference/torchvision_ops.py` reads), checks that both agree, and
@@ -14,9 +15,13 @@
 //! v2 against torchvision; `models` times the forward pass of whole model blocks (Swin-T,
 //! BERT-base, CLIP ViT-B/16, SAM ViT-B) against their PyTorch implementations; `vild` measures
 //! ViLD's precompute throughput (crops embedded per second) and training step time.
+//! BERT-base, CLIP ViT-B/16, SAM ViT-B) against their PyTorch implementations. `detclipv2`
+//! measures DetCLIPv2's latency against the vocabulary size (cache built once) and the memory
+//! of max vs soft-max region aggregation (no reference: its code was not released).
 
 mod common;
 mod dcn;
+mod detclipv2;
 mod models;
 mod ops;
 mod regionspot;
@@ -48,6 +53,8 @@ enum Command {
     Regionspot(regionspot::RegionSpotArgs),
     /// ViLD: precompute crops embedded per second, training step time.
     Vild(vild::VildArgs),
+    /// DetCLIPv2: latency against the vocabulary size, memory of max vs soft-max aggregation.
+    Detclipv2(detclipv2::DetClipV2Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +64,7 @@ fn main() -> ExitCode {
         Command::Models(args) => models::run(args),
         Command::Regionspot(args) => regionspot::run(args),
         Command::Vild(args) => vild::run(args),
+        Command::Detclipv2(args) => detclipv2::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

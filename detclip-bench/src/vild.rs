@@ -82,6 +82,7 @@ impl BackendTask for Task {
             max_objects: 4,
             min_object: side / 8,
             kind: SourceKind::Detection,
+            split: Default::default(),
         }
         .samples(Split::Train)
         .map_err(err)?;

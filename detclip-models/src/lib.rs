@@ -13,17 +13,24 @@
 //! - [`bert`]: the BERT encoder (HF layout), every hidden state, layer ranges for GLIP's fusion
 //! - [`clip`]: CLIP's vision transformer (pooled embedding and token grid) and text
 //!   transformer, in the HF and OpenAI checkpoint layouts
+//! - [`detclipv2`]: DetCLIPv2 — ATSS detector with a DCN-led alignment head, cached concept
+//!   embeddings, detection/grounding and image-text losses
 //! - [`regionspot`]: RegionSpot — frozen SAM and CLIP joined by a trained cross-attention
 //!   module; focal loss, frozen-feature cache, official checkpoint key map
 //! - [`vild`]: ViLD — a class-agnostic two-stage detector (RPN, multi-level RoIAlign) whose
 //!   regions are classified by CLIP text embeddings and distilled from CLIP image embeddings
+//! - [`align`]: word–region alignment for image-text pairs (DetCLIPv2): region–concept
+//!   scores, max and soft-max region aggregation, the text-to-image contrastive loss,
+//!   proposal selection
 //! - [`tokenizer`]: HF `tokenizer.json` tokenizers (BERT WordPiece, CLIP BPE) with padding,
 //!   truncation and character-span ↔ token maps
 #![warn(missing_docs)]
 
+pub mod align;
 mod attention;
 pub mod bert;
 pub mod clip;
+pub mod detclipv2;
 pub mod fpn;
 pub mod glip;
 pub mod import;

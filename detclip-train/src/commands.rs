@@ -14,7 +14,7 @@ use crate::evaluate::EvalReport;
 use crate::learner::{Checkpoint, EvalSet, RunOptions, RunSummary, load_trained, train};
 use crate::recipe::{Recipe, read_config};
 use crate::recipes::regionspot::{CacheReport, cache_features};
-use crate::recipes::{RegionSpotRecipe, ShapesRecipe};
+use crate::recipes::{DetClipV2Recipe, RegionSpotRecipe, ShapesRecipe};
 
 /// Every recipe this build knows.
 /// (Built once per command: the variants' sizes do not matter.)
@@ -25,10 +25,16 @@ pub enum AnyRecipe {
     Shapes(ShapesRecipe),
     /// [`RegionSpotRecipe`].
     RegionSpot(RegionSpotRecipe),
+    /// [`DetClipV2Recipe`].
+    DetClipV2(DetClipV2Recipe),
 }
 
 /// The recipe names `--recipe` accepts.
-pub const RECIPES: [&str; 2] = [ShapesRecipe::NAME, RegionSpotRecipe::NAME];
+pub const RECIPES: [&str; 3] = [
+    ShapesRecipe::NAME,
+    RegionSpotRecipe::NAME,
+    DetClipV2Recipe::NAME,
+];
 
 impl AnyRecipe {
     /// The recipe `name` with its default preset, or the config read from `config`.
@@ -41,6 +47,10 @@ impl AnyRecipe {
             n if n == RegionSpotRecipe::NAME => Ok(AnyRecipe::RegionSpot(match config {
                 Some(p) => read_config(p)?,
                 None => RegionSpotRecipe::synthetic(),
+            })),
+            n if n == DetClipV2Recipe::NAME => Ok(AnyRecipe::DetClipV2(match config {
+                Some(p) => read_config(p)?,
+                None => DetClipV2Recipe::synthetic(),
             })),
             _ => Err(DetError::InvalidOption {
                 op: "train",
@@ -64,6 +74,7 @@ impl BackendTask for TrainTask {
         match &self.recipe {
             AnyRecipe::Shapes(r) => train::<_, B>(r, &device, &self.options),
             AnyRecipe::RegionSpot(r) => train::<_, B>(r, &device, &self.options),
+            AnyRecipe::DetClipV2(r) => train::<_, B>(r, &device, &self.options),
         }
     }
 }
@@ -106,6 +117,7 @@ impl BackendTask for DetectTask {
         match header.recipe.as_str() {
             n if n == ShapesRecipe::NAME => detect_with::<ShapesRecipe, B>(&self, &device),
             n if n == RegionSpotRecipe::NAME => detect_with::<RegionSpotRecipe, B>(&self, &device),
+            n if n == DetClipV2Recipe::NAME => detect_with::<DetClipV2Recipe, B>(&self, &device),
             other => Err(DetError::Checkpoint {
                 file: self.checkpoint.display().to_string(),
                 why: format!("made by recipe `{other}`, which this build does not have"),

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum DatasetConfig {
-    /// The synthetic world's training split (held-out concepts never appear).
+    /// A slice of the synthetic world (its training split unless `split` says otherwise).
     Synthetic(SyntheticConfig),
     /// A COCO / Objects365 instances json and its image folder.
     Coco {
@@ -70,6 +70,32 @@ pub struct SyntheticConfig {
     /// How the samples are presented: as detection (names, no caption), grounding (caption
     /// with spans) or image-text (caption and concepts, no boxes).
     pub kind: SourceKind,
+    /// Which split the images come from. A training source normally draws the training split
+    /// (no held-out concept); an image-text source may draw the test split's kind of image,
+    /// whose captions mention held-out concepts (DetCLIPv2's point: captions teach concepts
+    /// that no box label has), from a world seed other than the evaluation set's.
+    #[serde(default)]
+    pub split: SyntheticSplit,
+}
+
+/// The split a synthetic source draws from (JSON: `"train"` or `"test"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyntheticSplit {
+    /// Images without held-out concepts.
+    #[default]
+    Train,
+    /// Images with at least one held-out concept each.
+    Test,
+}
+
+impl From<SyntheticSplit> for Split {
+    fn from(s: SyntheticSplit) -> Split {
+        match s {
+            SyntheticSplit::Train => Split::Train,
+            SyntheticSplit::Test => Split::Test,
+        }
+    }
 }
 
 impl SyntheticConfig {
@@ -198,7 +224,7 @@ impl Source {
     pub fn load(config: &SourceConfig) -> Result<Self> {
         let options = ReadOptions::default().on_error(OnError::Stop);
         let samples = match &config.dataset {
-            DatasetConfig::Synthetic(s) => s.samples(Split::Train)?,
+            DatasetConfig::Synthetic(s) => s.samples(s.split.into())?,
             DatasetConfig::Coco {
                 annotations,
                 images,

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::prelude::*;
 use detclip_core::data::{ImageSource, Orientation, Sample, image_size};
 use detclip_core::{DetError, Result};
 use image::RgbImage;
@@ -140,7 +139,7 @@ pub struct DetectReport {
 
 /// Detects `names` in `samples` with a trained model and writes `detections.json` and one
 /// annotated PNG per image into `out`.
-pub fn detect_and_write<R: Recipe, B: Backend>(
+pub fn detect_and_write<R: Recipe, B: detclip_core::ext::DetclipOps>(
     recipe: &R,
     model: &R::Model<B>,
     samples: &[Sample],

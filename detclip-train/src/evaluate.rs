@@ -2,7 +2,6 @@
 //! with `detclip_core::eval`'s COCO evaluator (pycocotools parity), over all concepts and over
 //! the seen and held-out ones separately.
 
-use burn::prelude::*;
 use detclip_core::Result;
 use detclip_core::data::{Loaded, Orientation, Sample, collate};
 use detclip_core::eval::json::{GtAnnotation, GtCategory, GtImage};
@@ -13,7 +12,7 @@ use crate::recipe::{Detected, Recipe};
 
 /// Runs the recipe's inference on `samples` in batches of `batch_size`; boxes come back in
 /// each sample's own pixel frame.
-pub fn predict<R: Recipe, B: Backend>(
+pub fn predict<R: Recipe, B: detclip_core::ext::DetclipOps>(
     recipe: &R,
     model: &R::Model<B>,
     samples: &[Sample],

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use detclip_core::data::{Batch, TestTransform};
+use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_core::{DetError, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -112,6 +112,9 @@ pub struct Detected {
 
 /// A method: its model, its targets and loss, its inference, and its typed configuration.
 ///
+/// Loss and inference run on backends with detclip's custom ops ([`DetclipOps`]), so a model
+/// may use the deformable convolution kernel.
+///
 /// The learner needs, besides these methods, `Self::Model<B>: AutodiffModule<B, InnerModule =
 /// Self::Model<B::InnerBackend>>` for an autodiff `B`, which every `#[derive(Module)]` struct
 /// generic over its backend satisfies.
@@ -139,7 +142,7 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
 
     /// The named loss terms of a batch. `vocabulary` is the source's concept names: the
     /// classes a detection sample's boxes are scored against.
-    fn loss<B: AutodiffBackend>(
+    fn loss<B: DetclipAutodiffBackend>(
         &self,
         model: &Self::Model<B>,
         batch: &Batch<B>,
@@ -147,7 +150,7 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
     ) -> Result<LossTerms<B>>;
 
     /// Detections per image for the concept names in `vocabulary`, with scores ≥ `threshold`.
-    fn detect<B: Backend>(
+    fn detect<B: DetclipOps>(
         &self,
         model: &Self::Model<B>,
         batch: &Batch<B>,
@@ -158,7 +161,7 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
     /// Prepares a freshly built model before its first training step (never on resume: the
     /// checkpoint holds the prepared weights). Recipes with frozen pre-trained parts load or
     /// pre-train them here (RegionSpot's CLIP teacher); the default leaves the model as built.
-    fn prepare<B: AutodiffBackend>(
+    fn prepare<B: DetclipAutodiffBackend>(
         &self,
         model: Self::Model<B>,
         _device: &B::Device,

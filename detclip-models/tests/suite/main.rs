@@ -7,8 +7,10 @@ extern crate detclip_core;
 
 mod harness;
 
+mod align;
 mod bert;
 mod clip;
+mod detclipv2;
 mod fpn;
 mod glip;
 mod import;

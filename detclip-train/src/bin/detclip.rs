@@ -63,7 +63,7 @@ enum Command {
     },
     /// Train a recipe with the shared learner.
     Train {
-        /// The recipe (`shapes`, `regionspot`).
+        /// The recipe (`shapes`, `regionspot`, `detclipv2`).
         #[arg(long)]
         recipe: String,
         /// The recipe's config as JSON (default: the recipe's preset).

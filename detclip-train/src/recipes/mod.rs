@@ -5,9 +5,13 @@
 //!   recipe and `detclip demo`'s model)
 //! - [`regionspot`], RegionSpot: frozen SAM + frozen CLIP, a trained cross-attention
 //!   module
+//! - [`detclipv2`]: DetCLIPv2 — joint detection, grounding and image-text training with
+//!   word–region alignment
 
+pub mod detclipv2;
 pub mod shapes;
 
+pub use detclipv2::DetClipV2Recipe;
 pub use shapes::ShapesRecipe;
 pub mod regionspot;
 

@@ -124,6 +124,7 @@ impl ShapesRecipe {
             max_objects: 3,
             min_object: 20,
             kind,
+            split: Default::default(),
         };
         Self {
             model: ShapesModelConfig {
@@ -251,6 +252,7 @@ fn tiny_world(seed: u64, images: u64) -> SyntheticConfig {
         max_objects: 2,
         min_object: 16,
         kind: SourceKind::Detection,
+        split: Default::default(),
     }
 }
 

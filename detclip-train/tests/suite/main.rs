@@ -9,6 +9,7 @@ mod harness;
 
 mod checkpoint;
 mod config;
+mod detclipv2;
 mod learner;
 mod regionspot;
 mod sampler;

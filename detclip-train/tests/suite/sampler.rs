@@ -15,6 +15,7 @@ fn source(name: &str, kind: SourceKind, batch: usize, short: u32, weight: f64) -
             max_objects: 2,
             min_object: 16,
             kind,
+            split: Default::default(),
         }),
         batch_size: batch,
         short_sides: vec![short],

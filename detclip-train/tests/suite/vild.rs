@@ -55,6 +55,7 @@ backend_test! {
             max_objects: 3,
             min_object: 12,
             kind: SourceKind::Detection,
+            split: Default::default(),
         }
         .samples(Split::Train)
         .unwrap();

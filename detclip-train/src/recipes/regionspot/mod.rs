@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::AutodiffBackend;
+use detclip_core::ext::DetclipAutodiffBackend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use detclip_core::data::synthetic::{Split, World, WorldConfig};
@@ -170,6 +171,7 @@ impl RegionSpotRecipe {
             max_objects: 3,
             min_object: 20,
             kind: SourceKind::Detection,
+            split: Default::default(),
         };
         let names = World::new(WorldConfig::default())
             .map(|w| w.vocabulary(Split::Test))
@@ -301,6 +303,7 @@ impl RegionSpotRecipe {
             max_objects: 2,
             min_object: 16,
             kind,
+            split: Default::default(),
         };
         for s in &mut r.data.sources {
             s.dataset = DatasetConfig::Synthetic(tiny_world(1, 12, SourceKind::Detection));
@@ -574,7 +577,7 @@ impl Recipe for RegionSpotRecipe {
         }
     }
 
-    fn prepare<B: AutodiffBackend>(
+    fn prepare<B: DetclipAutodiffBackend>(
         &self,
         mut model: RegionSpot<B>,
         device: &B::Device,
