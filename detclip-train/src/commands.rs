@@ -13,17 +13,19 @@ use crate::detect::{DetectReport, detect_and_write, image_samples, parse_prompt}
 use crate::evaluate::EvalReport;
 use crate::learner::{Checkpoint, EvalSet, RunOptions, RunSummary, load_trained, train};
 use crate::recipe::{Recipe, read_config};
-use crate::recipes::ShapesRecipe;
+use crate::recipes::{GlipRecipe, ShapesRecipe};
 
 /// Every recipe this build knows.
 #[derive(Debug, Clone)]
 pub enum AnyRecipe {
     /// [`ShapesRecipe`].
     Shapes(ShapesRecipe),
+    /// [`GlipRecipe`].
+    Glip(GlipRecipe),
 }
 
 /// The recipe names `--recipe` accepts.
-pub const RECIPES: [&str; 1] = [ShapesRecipe::NAME];
+pub const RECIPES: [&str; 2] = [ShapesRecipe::NAME, GlipRecipe::NAME];
 
 impl AnyRecipe {
     /// The recipe `name` with its default preset, or the config read from `config`.
@@ -32,6 +34,10 @@ impl AnyRecipe {
             n if n == ShapesRecipe::NAME => Ok(AnyRecipe::Shapes(match config {
                 Some(p) => read_config(p)?,
                 None => ShapesRecipe::demo(),
+            })),
+            n if n == GlipRecipe::NAME => Ok(AnyRecipe::Glip(match config {
+                Some(p) => read_config(p)?,
+                None => GlipRecipe::synthetic(),
             })),
             _ => Err(DetError::InvalidOption {
                 op: "train",
@@ -54,6 +60,7 @@ impl BackendTask for TrainTask {
     fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
         match &self.recipe {
             AnyRecipe::Shapes(r) => train::<_, B>(r, &device, &self.options),
+            AnyRecipe::Glip(r) => train::<_, B>(r, &device, &self.options),
         }
     }
 }
@@ -95,6 +102,7 @@ impl BackendTask for DetectTask {
         let header = Checkpoint::read(&self.checkpoint)?.header;
         match header.recipe.as_str() {
             n if n == ShapesRecipe::NAME => detect_with::<ShapesRecipe, B>(&self, &device),
+            n if n == GlipRecipe::NAME => detect_with::<GlipRecipe, B>(&self, &device),
             other => Err(DetError::Checkpoint {
                 file: self.checkpoint.display().to_string(),
                 why: format!("made by recipe `{other}`, which this build does not have"),

@@ -2,18 +2,18 @@
 //! with `detclip_core::eval`'s COCO evaluator (pycocotools parity), over all concepts and over
 //! the seen and held-out ones separately.
 
-use burn::prelude::*;
 use detclip_core::Result;
 use detclip_core::data::{Loaded, Orientation, Sample, collate};
 use detclip_core::eval::json::{GtAnnotation, GtCategory, GtImage};
 use detclip_core::eval::{CocoStats, Detection, GroundTruth, evaluate_coco};
+use detclip_core::ext::DetclipOps;
 use serde::Serialize;
 
 use crate::recipe::{Detected, Recipe};
 
 /// Runs the recipe's inference on `samples` in batches of `batch_size`; boxes come back in
 /// each sample's own pixel frame.
-pub fn predict<R: Recipe, B: Backend>(
+pub fn predict<R: Recipe, B: DetclipOps>(
     recipe: &R,
     model: &R::Model<B>,
     samples: &[Sample],

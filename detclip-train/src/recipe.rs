@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use detclip_core::data::{Batch, TestTransform};
+use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_core::{DetError, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,11 +28,23 @@ pub enum ParamGroup {
     Language,
     /// Everything else: necks, heads, fusion — the layers trained from scratch.
     New,
+    /// Learned prompt embeddings added to the language side's output (GLIP's prompt tuning,
+    /// `tunable_linear`); trained at the language side's learning rate.
+    Prompt,
+    /// The final prediction layers: box, centerness and alignment outputs (what GLIP's linear
+    /// probing trains); trained at the new layers' learning rate.
+    Output,
 }
 
 impl ParamGroup {
     /// Every group.
-    pub const ALL: [ParamGroup; 3] = [ParamGroup::Backbone, ParamGroup::Language, ParamGroup::New];
+    pub const ALL: [ParamGroup; 5] = [
+        ParamGroup::Backbone,
+        ParamGroup::Language,
+        ParamGroup::New,
+        ParamGroup::Prompt,
+        ParamGroup::Output,
+    ];
 
     /// Its name in logs and configs.
     pub fn name(self) -> &'static str {
@@ -40,6 +52,8 @@ impl ParamGroup {
             ParamGroup::Backbone => "backbone",
             ParamGroup::Language => "language",
             ParamGroup::New => "new",
+            ParamGroup::Prompt => "prompt",
+            ParamGroup::Output => "output",
         }
     }
 }
@@ -139,7 +153,7 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
 
     /// The named loss terms of a batch. `vocabulary` is the source's concept names: the
     /// classes a detection sample's boxes are scored against.
-    fn loss<B: AutodiffBackend>(
+    fn loss<B: DetclipAutodiffBackend>(
         &self,
         model: &Self::Model<B>,
         batch: &Batch<B>,
@@ -147,7 +161,7 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
     ) -> Result<LossTerms<B>>;
 
     /// Detections per image for the concept names in `vocabulary`, with scores ≥ `threshold`.
-    fn detect<B: Backend>(
+    fn detect<B: DetclipOps>(
         &self,
         model: &Self::Model<B>,
         batch: &Batch<B>,

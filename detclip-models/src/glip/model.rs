@@ -291,6 +291,26 @@ impl<B: DetclipOps> Glip<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
     ) -> DetResult<GlipOutput<B>> {
+        self.forward_prompted(images, input_ids, attention_mask, None)
+    }
+
+    /// [`Glip::forward`] with learned prompt embeddings added to the language encoder's
+    /// output before the fusion tower (the released `tunable_linear` of prompt tuning,
+    /// `MODEL.DYHEAD.FUSE_CONFIG.ADD_LINEAR_LAYER`): token `t` gets row `t` of `prompt`.
+    ///
+    /// # Shapes
+    /// - as [`Glip::forward`]; `prompt`: `[L, lang_dim]` with `L ≥ T`
+    ///
+    /// # Errors
+    /// [`DetError::Shape`] as [`Glip::forward`], and for a `prompt` that is too short or of
+    /// the wrong width.
+    pub fn forward_prompted(
+        &self,
+        images: Tensor<B, 4>,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        prompt: Option<Tensor<B, 2>>,
+    ) -> DetResult<GlipOutput<B>> {
         let [n, _, _, _] = images.dims();
         let [nt, _] = input_ids.dims();
         if nt != n {
@@ -306,6 +326,10 @@ impl<B: DetclipOps> Glip<B> {
             .language
             .forward(input_ids, attention_mask.clone(), None)?
             .last_hidden_state();
+        let words = match prompt {
+            Some(p) => add_prompt(words, p)?,
+            None => words,
+        };
         let (levels, words) = self.fuse(levels, words, attention_mask)?;
         Ok(self.head.forward(&levels, words))
     }
@@ -367,6 +391,21 @@ impl<B: Backend> GlipHead<B> {
         }
         out
     }
+}
+
+/// `words + prompt[..T]` for `words` `[N, T, D]` and `prompt` `[L, D]`, `L ≥ T`.
+fn add_prompt<B: Backend>(words: Tensor<B, 3>, prompt: Tensor<B, 2>) -> DetResult<Tensor<B, 3>> {
+    let [_, t, d] = words.dims();
+    let [l, pd] = prompt.dims();
+    if pd != d || l < t {
+        return Err(DetError::Shape {
+            op: "Glip",
+            what: "prompt",
+            got: vec![l, pd],
+            expected: format!("[L ≥ {t}, {d}]"),
+        });
+    }
+    Ok(words + prompt.narrow(0, 0, t).unsqueeze_dim(0))
 }
 
 /// `x / max(‖x‖₂, 1e-12)` over the last axis (`F.normalize`).

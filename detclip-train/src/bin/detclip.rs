@@ -59,7 +59,7 @@ enum Command {
     },
     /// Train a recipe with the shared learner.
     Train {
-        /// The recipe (`shapes`).
+        /// The recipe (`shapes`, `glip`).
         #[arg(long)]
         recipe: String,
         /// The recipe's config as JSON (default: the recipe's preset).

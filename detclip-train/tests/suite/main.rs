@@ -9,6 +9,7 @@ mod harness;
 
 mod checkpoint;
 mod config;
+mod glip;
 mod learner;
 mod sampler;
 mod schedule;
