@@ -5,15 +5,18 @@
 //! cargo run -p detclip-bench --release -- ops [--device cpu|wgpu|cuda] [--out detclip-bench/results/ops.md]
 //! cargo run -p detclip-bench --release -- dcn [--device …] [--shapes plain|dyhead|all]
 //! cargo run -p detclip-bench --release -- models [--device …] [--models swin,bert,clip,sam] [--reps 2]
+//! cargo run -p detclip-bench --release -- glip [--device …] [--lvis-chunks N] [--no-train]
 //! ```
 //! `ops` times NMS and RoIAlign against torchvision on the same inputs (written to a
 //! safetensors file that `reference/torchvision_ops.py` reads), checks that both agree, and
 //! writes a Markdown table with the machine and the command. `dcn` times deformable convolution
 //! v2 against torchvision; `models` times the forward pass of whole model blocks (Swin-T,
-//! BERT-base, CLIP ViT-B/16, SAM ViT-B) against their PyTorch implementations.
+//! BERT-base, CLIP ViT-B/16, SAM ViT-B) against their PyTorch implementations; `glip` times
+//! GLIP-T's inference (80 classes; 1203 LVIS classes in chunks) and a training step.
 
 mod common;
 mod dcn;
+mod glip;
 mod models;
 mod ops;
 
@@ -39,6 +42,8 @@ enum Command {
     Dcn(dcn::DcnArgs),
     /// Forward time of Swin-T, BERT-base, CLIP ViT-B/16 and SAM ViT-B against PyTorch.
     Models(models::ModelsArgs),
+    /// GLIP-T: inference latency (80 classes, LVIS chunked) and a training step.
+    Glip(glip::GlipArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         Command::Ops(args) => ops::run(args),
         Command::Dcn(args) => dcn::run(args),
         Command::Models(args) => models::run(args),
+        Command::Glip(args) => glip::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -321,7 +321,42 @@ impl<B: DetclipOps> Glip<B> {
                 expected: format!("[{n}, T]: one prompt per image"),
             });
         }
-        let levels = self.fpn.forward(&self.backbone.forward(images)?)?;
+        let levels = self.image_features(images)?;
+        self.forward_features(levels, input_ids, attention_mask, prompt)
+    }
+
+    /// The image side alone: backbone and FPN, P3–P7 `[N, C, H_l, W_l]`. With
+    /// [`Glip::forward_features`], a vocabulary split into several prompts runs the image
+    /// side once per image rather than once per prompt (select the rows of each image).
+    ///
+    /// # Errors
+    /// [`DetError::Shape`] from the backbone or the FPN.
+    pub fn image_features(&self, images: Tensor<B, 4>) -> DetResult<Vec<Tensor<B, 4>>> {
+        self.fpn.forward(&self.backbone.forward(images)?)
+    }
+
+    /// [`Glip::forward_prompted`] from the pyramid of [`Glip::image_features`]: the language
+    /// encoder, the fusion tower and the head.
+    ///
+    /// # Errors
+    /// [`DetError::Shape`] when the levels and the prompts disagree in batch size, and as
+    /// [`Glip::forward_prompted`].
+    pub fn forward_features(
+        &self,
+        levels: Vec<Tensor<B, 4>>,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        prompt: Option<Tensor<B, 2>>,
+    ) -> DetResult<GlipOutput<B>> {
+        let n = levels.first().map_or(0, |l| l.dims()[0]);
+        if levels.iter().any(|l| l.dims()[0] != n) || input_ids.dims()[0] != n {
+            return Err(DetError::Shape {
+                op: "Glip",
+                what: "input_ids",
+                got: input_ids.dims().to_vec(),
+                expected: format!("[{n}, T]: one prompt per row of the pyramid"),
+            });
+        }
         let words = self
             .language
             .forward(input_ids, attention_mask.clone(), None)?

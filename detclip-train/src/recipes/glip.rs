@@ -246,7 +246,7 @@ impl GlipRecipe {
             },
             text: GlipTextConfig {
                 max_tokens: 64,
-                max_names: 8,
+                max_names: 20,
                 extra_words: Vec::new(),
             },
             loss: GlipLossSettings {
@@ -271,14 +271,14 @@ impl GlipRecipe {
                     source(
                         "detection",
                         synthetic(1, 2000, (112, 160), SourceKind::Detection),
-                        8,
+                        4,
                         128,
                         2.0,
                     ),
                     source(
                         "grounding",
                         synthetic(2, 1000, (112, 160), SourceKind::Grounding),
-                        8,
+                        4,
                         128,
                         1.0,
                     ),
@@ -287,7 +287,7 @@ impl GlipRecipe {
                 size_divisor: 32,
             },
             learner: LearnerConfig {
-                steps: 300,
+                steps: 320,
                 seed: 0,
                 accumulate: 1,
                 optim: OptimConfig {
@@ -729,15 +729,19 @@ impl Recipe for GlipRecipe {
         let row_phrases: Vec<Vec<PhraseTokens>> = (0..n * chunks)
             .map(|r| phrases[r % chunks].clone())
             .collect();
+        // The image side runs once per image; its pyramid is repeated for the chunks.
         let index: Vec<i64> = image_of_row.iter().map(|&i| i as i64).collect();
-        let images = batch.images.clone().select(
-            0,
-            Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n * chunks]), &device),
-        );
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n * chunks]), &device);
+        let levels = model
+            .glip
+            .image_features(batch.images.clone())?
+            .into_iter()
+            .map(|l| l.select(0, index.clone()))
+            .collect();
         let (ids, mask) = batch_tensors::<B>(&rows, &device)?;
         let out = model
             .glip
-            .forward_prompted(images, ids, mask, Some(model.prompt.val()))?;
+            .forward_features(levels, ids, mask, Some(model.prompt.val()))?;
         let dets = glip_detect(&out, &row_phrases, &image_of_row, &self.inference_config())?;
         Ok(dets
             .into_iter()
