@@ -26,7 +26,7 @@ use detclip_models::glip::{
     glip_loss,
 };
 
-use crate::common::{Rng, feature_flag, machine};
+use crate::common::{Rng, feature_flag, machine, median};
 
 /// Arguments of `detclip-bench glip`.
 #[derive(clap::Args, Debug)]
@@ -54,6 +54,9 @@ pub struct GlipArgs {
     /// Skip the training step.
     #[arg(long)]
     no_train: bool,
+    /// Only the training step (the results file then has no inference rows).
+    #[arg(long)]
+    train_only: bool,
     /// Height and width of the training step's image (default: the inference size).
     #[arg(long, num_args = 2)]
     train_size: Option<Vec<usize>>,
@@ -221,6 +224,7 @@ impl Task {
                 .collect(),
             tokens: (0..10).map(|i| phrases[i * 7].tokens.clone()).collect(),
         };
+        m.params = model.num_params();
         let mut optim = AdamWConfig::new().init::<B, Glip<B>>();
         eprintln!("glip: training step at {h}×{w}…");
         let t = Instant::now();
@@ -284,8 +288,11 @@ pub fn run(args: GlipArgs) -> Result<(), String> {
         train,
     };
     // Inference first, written before the (memory-hungry) training step runs.
-    let mut m = run_on(spec, task(true, None)).map_err(err)??;
-    write_report(&args, spec, None, &m, started.elapsed().as_secs_f64())?;
+    let mut m = Measured::default();
+    if !args.train_only {
+        m = run_on(spec, task(true, None)).map_err(err)??;
+        write_report(&args, spec, None, &m, started.elapsed().as_secs_f64())?;
+    }
     if train.is_some() {
         let t = run_on(spec, task(false, train)).map_err(err)??;
         m.train_ms = t.train_ms;
@@ -311,10 +318,6 @@ fn write_report(
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    crate::common::median(std::mem::take(&mut v))
-}
-
 fn report(
     args: &GlipArgs,
     spec: DeviceSpec,
@@ -328,7 +331,6 @@ fn report(
     let chunk_sum: f64 = m.lvis_chunk_ms.iter().sum();
     let chunk_mean = chunk_sum / timed.max(1) as f64;
     let lvis_total = m.lvis_image_ms + chunk_sum + chunk_mean * (chunks - timed) as f64;
-    let coco = median(m.coco_ms.clone());
     let mut md = String::from("# GLIP-T inference and training step\n\n");
     md.push_str(&format!(
         "- machine: {}; device `{spec}` (Burn {}; the CPU backend is ndarray)\n",
@@ -340,12 +342,13 @@ fn report(
         }
     ));
     md.push_str(&format!(
-        "- command: `cargo run -p detclip-bench --release{} -- glip --device {} --height {h} --width {w} --reps {}{}{}{}` ({seconds:.0} s in all)\n",
+        "- command: `cargo run -p detclip-bench --release{} -- glip --device {} --height {h} --width {w} --reps {}{}{}{}{}` ({seconds:.0} s in all)\n",
         feature_flag(spec),
         args.device,
         args.reps,
         if args.warmup { " --warmup" } else { "" },
         if args.lvis_chunks > 0 { format!(" --lvis-chunks {}", args.lvis_chunks) } else { String::new() },
+        if args.train_only { " --train-only" } else { "" },
         match (args.no_train, &args.train_size) {
             (true, _) => " --no-train".to_string(),
             (false, Some(s)) => format!(" --train-size {} {}", s[0], s[1]),
@@ -370,6 +373,22 @@ fn report(
         }
     ));
     md.push_str("| measurement | ms | FPS |\n|---|---:|---:|\n");
+    if !m.coco_ms.is_empty() {
+        inference_rows(&mut md, m, chunks, lvis_total);
+    }
+    if let (Some([th, tw]), Some(ms)) = (train, m.train_ms) {
+        md.push_str(&format!(
+            "| training step, batch 1 at {th}×{tw}: forward, loss (10 boxes), backward, AdamW (loss {:.3}) | {ms:.0} | |\n",
+            m.train_loss.unwrap_or(f32::NAN)
+        ));
+    }
+    md
+}
+
+fn inference_rows(md: &mut String, m: &Measured, chunks: usize, lvis_total: f64) {
+    let coco = median(m.coco_ms.clone());
+    let timed = m.lvis_chunk_ms.len();
+    let chunk_mean = m.lvis_chunk_ms.iter().sum::<f64>() / timed.max(1) as f64;
     md.push_str(&format!(
         "| 80 classes, one prompt ({} detections) | {coco:.0} | {:.3} |\n",
         m.coco_detections,
@@ -392,11 +411,4 @@ fn report(
         m.lvis_detections,
         1e3 / lvis_total
     ));
-    if let (Some([th, tw]), Some(ms)) = (train, m.train_ms) {
-        md.push_str(&format!(
-            "| training step, batch 1 at {th}×{tw}: forward, loss (10 boxes), backward, AdamW (loss {:.3}) | {ms:.0} | |\n",
-            m.train_loss.unwrap_or(f32::NAN)
-        ));
-    }
-    md
 }

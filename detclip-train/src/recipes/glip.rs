@@ -619,7 +619,7 @@ impl Recipe for GlipRecipe {
             self.text.max_tokens,
             self.text.max_names,
         ];
-        if sizes.contains(&0) || !(m.anchor_scale > 0.0) {
+        if sizes.contains(&0) || m.anchor_scale.is_nan() || m.anchor_scale <= 0.0 {
             return Err(bad_model(
                 "sizes and the anchor scale must be positive".into(),
             ));

@@ -189,3 +189,28 @@ backend_test! {
         }
     }
 }
+
+#[test]
+fn the_wordpiece_vocabulary_covers_the_world_and_spells_other_words() {
+    use detclip_core::data::Span;
+    use detclip_models::tokenizer::Overflow;
+
+    let recipe = GlipRecipe::tiny();
+    let tok = recipe.tokenizer(Overflow::Truncate).unwrap();
+    // 5 special tokens, 32 punctuation marks, 23 world words, 36 letters and digits as word
+    // starts and 36 as `##` pieces, less the word `a` that is also a letter.
+    assert_eq!(tok.vocab_size(), 131);
+    let e = tok.encode("Red ring, a zebra.").unwrap();
+    let id = |t: &str| tok.token_id(t).unwrap();
+    // [CLS] red ring , a z ##e ##b ##r ##a . [SEP], padded to 32.
+    let want: Vec<u32> = [
+        "[CLS]", "red", "ring", ",", "a", "z", "##e", "##b", "##r", "##a", ".", "[SEP]",
+    ]
+    .into_iter()
+    .map(id)
+    .collect();
+    assert_eq!(e.ids[..12], want[..]);
+    assert_eq!(e.len(), 32);
+    assert_eq!(e.attention_mask.iter().sum::<u32>(), 12);
+    assert_eq!(e.tokens_for_span(Span::new(12, 17)), Some(5..10));
+}
