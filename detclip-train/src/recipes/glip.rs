@@ -624,9 +624,9 @@ impl Recipe for GlipRecipe {
                 "sizes and the anchor scale must be positive".into(),
             ));
         }
-        if m.bert_hidden % m.bert_heads != 0
-            || m.fusion_dim % m.fusion_heads != 0
-            || m.channels % m.norm_groups != 0
+        if !m.bert_hidden.is_multiple_of(m.bert_heads)
+            || !m.fusion_dim.is_multiple_of(m.fusion_heads)
+            || !m.channels.is_multiple_of(m.norm_groups)
         {
             return Err(bad_model(
                 "bert_hidden, fusion_dim and channels must be divisible by their heads / groups"
