@@ -8,20 +8,24 @@
 //! cargo run -p detclip-bench --release -- regionspot [--device …] [--boxes 100] [--reps 2]
 //! cargo run -p detclip-bench --release -- vild [--device …] [--detector r50|tiny] [--proposals 32]
 //! cargo run -p detclip-bench --release -- detclipv2 [--device …] [--model small|swin-t] [--vocab 80,1203,13204]
+//! cargo run -p detclip-bench --release -- glip [--device …] [--lvis-chunks N] [--no-train]
 //! ```
 //! `ops` times NMS and RoIAlign against torchvision on the same inputs (written to a
 //! safetensors file that `reference/torchvision_ops.py` reads), checks that both agree, and
 //! writes a Markdown table with the machine and the command. `dcn` times deformable convolution
 //! v2 against torchvision; `models` times the forward pass of whole model blocks (Swin-T,
-//! BERT-base, CLIP ViT-B/16, SAM ViT-B) against their PyTorch implementations; `vild` measures
-//! ViLD's precompute throughput (crops embedded per second) and training step time.
-//! BERT-base, CLIP ViT-B/16, SAM ViT-B) against their PyTorch implementations. `detclipv2`
-//! measures DetCLIPv2's latency against the vocabulary size (cache built once) and the memory
-//! of max vs soft-max region aggregation (no reference: its code was not released).
+//! BERT-base, CLIP ViT-B/16, SAM ViT-B) against their PyTorch implementations. `regionspot`
+//! measures RegionSpot's regions per second (cached vs on the fly) and its training step
+//! against PyTorch; `vild` ViLD's precompute throughput (crops embedded per second) and
+//! training step time; `detclipv2` DetCLIPv2's latency against the vocabulary size (cache
+//! built once) and the memory of max vs soft-max region aggregation (no reference: its code
+//! was not released); `glip` GLIP-T's inference (80 classes; 1203 LVIS classes in chunks) and
+//! a training step.
 
 mod common;
 mod dcn;
 mod detclipv2;
+mod glip;
 mod models;
 mod ops;
 mod regionspot;
@@ -55,6 +59,8 @@ enum Command {
     Vild(vild::VildArgs),
     /// DetCLIPv2: latency against the vocabulary size, memory of max vs soft-max aggregation.
     Detclipv2(detclipv2::DetClipV2Args),
+    /// GLIP-T: inference latency (80 classes, LVIS chunked) and a training step.
+    Glip(glip::GlipArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
         Command::Regionspot(args) => regionspot::run(args),
         Command::Vild(args) => vild::run(args),
         Command::Detclipv2(args) => detclipv2::run(args),
+        Command::Glip(args) => glip::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,7 @@ use crate::evaluate::EvalReport;
 use crate::learner::{Checkpoint, EvalSet, RunOptions, RunSummary, load_trained, train};
 use crate::recipe::{Recipe, read_config};
 use crate::recipes::regionspot::{CacheReport, cache_features};
-use crate::recipes::{DetClipV2Recipe, RegionSpotRecipe, ShapesRecipe};
+use crate::recipes::{DetClipV2Recipe, GlipRecipe, RegionSpotRecipe, ShapesRecipe};
 
 /// Every recipe this build knows.
 /// (Built once per command: the variants' sizes do not matter.)
@@ -27,13 +27,16 @@ pub enum AnyRecipe {
     RegionSpot(RegionSpotRecipe),
     /// [`DetClipV2Recipe`].
     DetClipV2(DetClipV2Recipe),
+    /// [`GlipRecipe`].
+    Glip(GlipRecipe),
 }
 
 /// The recipe names `--recipe` accepts.
-pub const RECIPES: [&str; 3] = [
+pub const RECIPES: [&str; 4] = [
     ShapesRecipe::NAME,
     RegionSpotRecipe::NAME,
     DetClipV2Recipe::NAME,
+    GlipRecipe::NAME,
 ];
 
 impl AnyRecipe {
@@ -51,6 +54,10 @@ impl AnyRecipe {
             n if n == DetClipV2Recipe::NAME => Ok(AnyRecipe::DetClipV2(match config {
                 Some(p) => read_config(p)?,
                 None => DetClipV2Recipe::synthetic(),
+            })),
+            n if n == GlipRecipe::NAME => Ok(AnyRecipe::Glip(match config {
+                Some(p) => read_config(p)?,
+                None => GlipRecipe::synthetic(),
             })),
             _ => Err(DetError::InvalidOption {
                 op: "train",
@@ -75,6 +82,7 @@ impl BackendTask for TrainTask {
             AnyRecipe::Shapes(r) => train::<_, B>(r, &device, &self.options),
             AnyRecipe::RegionSpot(r) => train::<_, B>(r, &device, &self.options),
             AnyRecipe::DetClipV2(r) => train::<_, B>(r, &device, &self.options),
+            AnyRecipe::Glip(r) => train::<_, B>(r, &device, &self.options),
         }
     }
 }
@@ -118,6 +126,7 @@ impl BackendTask for DetectTask {
             n if n == ShapesRecipe::NAME => detect_with::<ShapesRecipe, B>(&self, &device),
             n if n == RegionSpotRecipe::NAME => detect_with::<RegionSpotRecipe, B>(&self, &device),
             n if n == DetClipV2Recipe::NAME => detect_with::<DetClipV2Recipe, B>(&self, &device),
+            n if n == GlipRecipe::NAME => detect_with::<GlipRecipe, B>(&self, &device),
             other => Err(DetError::Checkpoint {
                 file: self.checkpoint.display().to_string(),
                 why: format!("made by recipe `{other}`, which this build does not have"),

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use detclip_core::data::{ImageSource, Orientation, Sample, image_size};
+use detclip_core::ext::DetclipOps;
 use detclip_core::{DetError, Result};
 use image::RgbImage;
 use serde_json::json;
@@ -139,7 +140,7 @@ pub struct DetectReport {
 
 /// Detects `names` in `samples` with a trained model and writes `detections.json` and one
 /// annotated PNG per image into `out`.
-pub fn detect_and_write<R: Recipe, B: detclip_core::ext::DetclipOps>(
+pub fn detect_and_write<R: Recipe, B: DetclipOps>(
     recipe: &R,
     model: &R::Model<B>,
     samples: &[Sample],

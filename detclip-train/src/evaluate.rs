@@ -6,13 +6,14 @@ use detclip_core::Result;
 use detclip_core::data::{Loaded, Orientation, Sample, collate};
 use detclip_core::eval::json::{GtAnnotation, GtCategory, GtImage};
 use detclip_core::eval::{CocoStats, Detection, GroundTruth, evaluate_coco};
+use detclip_core::ext::DetclipOps;
 use serde::Serialize;
 
 use crate::recipe::{Detected, Recipe};
 
 /// Runs the recipe's inference on `samples` in batches of `batch_size`; boxes come back in
 /// each sample's own pixel frame.
-pub fn predict<R: Recipe, B: detclip_core::ext::DetclipOps>(
+pub fn predict<R: Recipe, B: DetclipOps>(
     recipe: &R,
     model: &R::Model<B>,
     samples: &[Sample],

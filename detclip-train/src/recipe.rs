@@ -28,11 +28,23 @@ pub enum ParamGroup {
     Language,
     /// Everything else: necks, heads, fusion — the layers trained from scratch.
     New,
+    /// Learned prompt embeddings added to the language side's output (GLIP's prompt tuning,
+    /// `tunable_linear`); trained at the language side's learning rate.
+    Prompt,
+    /// The final prediction layers: box, centerness and alignment outputs (what GLIP's linear
+    /// probing trains); trained at the new layers' learning rate.
+    Output,
 }
 
 impl ParamGroup {
     /// Every group.
-    pub const ALL: [ParamGroup; 3] = [ParamGroup::Backbone, ParamGroup::Language, ParamGroup::New];
+    pub const ALL: [ParamGroup; 5] = [
+        ParamGroup::Backbone,
+        ParamGroup::Language,
+        ParamGroup::New,
+        ParamGroup::Prompt,
+        ParamGroup::Output,
+    ];
 
     /// Its name in logs and configs.
     pub fn name(self) -> &'static str {
@@ -40,6 +52,8 @@ impl ParamGroup {
             ParamGroup::Backbone => "backbone",
             ParamGroup::Language => "language",
             ParamGroup::New => "new",
+            ParamGroup::Prompt => "prompt",
+            ParamGroup::Output => "output",
         }
     }
 }

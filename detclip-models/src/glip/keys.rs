@@ -22,10 +22,41 @@ use crate::import::KeyMap;
 /// never uses when it scores by dot product), `rpn.anchor_generator.*` (anchor buffers; we
 /// generate anchors), the `position_ids`, `relative_position_index` and `attn_mask` buffers.
 pub fn glip_keys(num_layers: usize) -> KeyMap {
-    let mut keys = KeyMap::new()
-        .rename(r"^module\.", "")
-        .rename(r"^backbone\.body\.", "backbone.Swin.")
-        .rename(r"^backbone\.fpn\.top_blocks\.", "fpn.extra_blocks.");
+    let body = KeyMap::new().rename(r"^backbone\.body\.", "backbone.Swin.");
+    glip_keys_with_body(num_layers, body)
+}
+
+/// The released layout of GLIP with a ResNet backbone (maskrcnn-benchmark's `ResNet` of
+/// `StemWithFixedBatchNorm` and `BottleneckWithFixedBatchNorm`, `modeling/backbone/resnet.py`)
+/// onto [`Glip`](super::Glip) with [`GlipBackboneConfig::ResNet`](super::GlipBackboneConfig):
+/// as [`glip_keys`], with the body mapped as
+///
+/// | official | ours |
+/// |---|---|
+/// | `backbone.body.stem.{conv1,bn1}.*` | `backbone.ResNet.{conv1,bn1}.*` |
+/// | `backbone.body.layer{1..4}.{i}.{conv,bn}{1,2,3}.*` | `backbone.ResNet.layer{1..4}.{i}.*` |
+/// | `….downsample.0.*`, `….downsample.1.*` | `….downsample.conv.*`, `….downsample.bn.*` |
+///
+/// `FrozenBatchNorm2d` stores `weight`, `bias`, `running_mean` and `running_var` (no
+/// `num_batches_tracked`). Keys only: maskrcnn-benchmark's bottleneck strides in its first 1×1
+/// convolution (`STRIDE_IN_1X1`, MSRA weights), ours in the 3×3 (torchvision v1.5), so the
+/// released R50 weights load but their features differ.
+pub fn glip_resnet_keys(num_layers: usize) -> KeyMap {
+    let body = KeyMap::new()
+        .rename(r"^backbone\.body\.stem\.", "backbone.ResNet.")
+        .rename(r"^backbone\.body\.", "backbone.ResNet.")
+        .rename(r"\.downsample\.0\.", ".downsample.conv.")
+        .rename(r"\.downsample\.1\.", ".downsample.bn.");
+    glip_keys_with_body(num_layers, body)
+}
+
+/// The released layout with `body`'s rules for `backbone.body.*` (applied after the
+/// `module.` prefix is dropped).
+fn glip_keys_with_body(num_layers: usize, mut body: KeyMap) -> KeyMap {
+    let mut keys = KeyMap::new().rename(r"^module\.", "");
+    keys.rename.append(&mut body.rename);
+    keys.ignore.append(&mut body.ignore);
+    let mut keys = keys.rename(r"^backbone\.fpn\.top_blocks\.", "fpn.extra_blocks.");
     for (official, ours) in [(2, 0), (3, 1), (4, 2)] {
         keys = keys
             .rename(

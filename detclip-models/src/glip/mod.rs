@@ -11,7 +11,8 @@
 //!   tower and the ATSS head with token-level alignment logits, returning raw outputs;
 //! - [`glip_loss`]: positive map, ATSS assignment, token focal + GIoU + centerness;
 //! - [`glip_detect`]: phrase scores, decoding, NMS, chunked vocabularies;
-//! - [`glip_keys`]: the released checkpoint layout.
+//! - [`glip_keys`]: the released checkpoint layout;
+//! - [`described_prompts`]: prompts whose classes carry descriptions (`"name, description"`).
 //!
 //! Parity against `scripts/fixtures/glip.py`: see `book/src/glip.md`.
 
@@ -20,6 +21,7 @@ mod inference;
 mod keys;
 mod loss;
 mod model;
+mod prompt;
 mod xmha;
 
 pub use dyhead::*;
@@ -27,6 +29,7 @@ pub use inference::*;
 pub use keys::*;
 pub use loss::*;
 pub use model::*;
+pub use prompt::*;
 pub use xmha::*;
 
 use crate::import::KeyMap;

@@ -291,6 +291,26 @@ impl<B: DetclipOps> Glip<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
     ) -> DetResult<GlipOutput<B>> {
+        self.forward_prompted(images, input_ids, attention_mask, None)
+    }
+
+    /// [`Glip::forward`] with learned prompt embeddings added to the language encoder's
+    /// output before the fusion tower (the released `tunable_linear` of prompt tuning,
+    /// `MODEL.DYHEAD.FUSE_CONFIG.ADD_LINEAR_LAYER`): token `t` gets row `t` of `prompt`.
+    ///
+    /// # Shapes
+    /// - as [`Glip::forward`]; `prompt`: `[L, lang_dim]` with `L ≥ T`
+    ///
+    /// # Errors
+    /// [`DetError::Shape`] as [`Glip::forward`], and for a `prompt` that is too short or of
+    /// the wrong width.
+    pub fn forward_prompted(
+        &self,
+        images: Tensor<B, 4>,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        prompt: Option<Tensor<B, 2>>,
+    ) -> DetResult<GlipOutput<B>> {
         let [n, _, _, _] = images.dims();
         let [nt, _] = input_ids.dims();
         if nt != n {
@@ -301,11 +321,50 @@ impl<B: DetclipOps> Glip<B> {
                 expected: format!("[{n}, T]: one prompt per image"),
             });
         }
-        let levels = self.fpn.forward(&self.backbone.forward(images)?)?;
+        let levels = self.image_features(images)?;
+        self.forward_features(levels, input_ids, attention_mask, prompt)
+    }
+
+    /// The image side alone: backbone and FPN, P3–P7 `[N, C, H_l, W_l]`. With
+    /// [`Glip::forward_features`], a vocabulary split into several prompts runs the image
+    /// side once per image rather than once per prompt (select the rows of each image).
+    ///
+    /// # Errors
+    /// [`DetError::Shape`] from the backbone or the FPN.
+    pub fn image_features(&self, images: Tensor<B, 4>) -> DetResult<Vec<Tensor<B, 4>>> {
+        self.fpn.forward(&self.backbone.forward(images)?)
+    }
+
+    /// [`Glip::forward_prompted`] from the pyramid of [`Glip::image_features`]: the language
+    /// encoder, the fusion tower and the head.
+    ///
+    /// # Errors
+    /// [`DetError::Shape`] when the levels and the prompts disagree in batch size, and as
+    /// [`Glip::forward_prompted`].
+    pub fn forward_features(
+        &self,
+        levels: Vec<Tensor<B, 4>>,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        prompt: Option<Tensor<B, 2>>,
+    ) -> DetResult<GlipOutput<B>> {
+        let n = levels.first().map_or(0, |l| l.dims()[0]);
+        if levels.iter().any(|l| l.dims()[0] != n) || input_ids.dims()[0] != n {
+            return Err(DetError::Shape {
+                op: "Glip",
+                what: "input_ids",
+                got: input_ids.dims().to_vec(),
+                expected: format!("[{n}, T]: one prompt per row of the pyramid"),
+            });
+        }
         let words = self
             .language
             .forward(input_ids, attention_mask.clone(), None)?
             .last_hidden_state();
+        let words = match prompt {
+            Some(p) => add_prompt(words, p)?,
+            None => words,
+        };
         let (levels, words) = self.fuse(levels, words, attention_mask)?;
         Ok(self.head.forward(&levels, words))
     }
@@ -367,6 +426,21 @@ impl<B: Backend> GlipHead<B> {
         }
         out
     }
+}
+
+/// `words + prompt[..T]` for `words` `[N, T, D]` and `prompt` `[L, D]`, `L ≥ T`.
+fn add_prompt<B: Backend>(words: Tensor<B, 3>, prompt: Tensor<B, 2>) -> DetResult<Tensor<B, 3>> {
+    let [_, t, d] = words.dims();
+    let [l, pd] = prompt.dims();
+    if pd != d || l < t {
+        return Err(DetError::Shape {
+            op: "Glip",
+            what: "prompt",
+            got: vec![l, pd],
+            expected: format!("[L ≥ {t}, {d}]"),
+        });
+    }
+    Ok(words + prompt.narrow(0, 0, t).unsqueeze_dim(0))
 }
 
 /// `x / max(‖x‖₂, 1e-12)` over the last axis (`F.normalize`).

@@ -6,7 +6,12 @@
 //!
 //! Spans are UTF-8 byte ranges, as [`detclip_core::data::Span`] (prompts and captions carry
 //! them); [`TokenizedText::char_offsets`] gives Python-style character offsets.
+//!
+//! [`wordpiece_tokenizer`] builds a BERT WordPiece tokenizer from a word list in code, for
+//! vocabularies without a released file (the synthetic world).
 
 mod text;
+mod wordpiece;
 
 pub use text::*;
+pub use wordpiece::*;

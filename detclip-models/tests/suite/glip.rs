@@ -10,11 +10,12 @@ use detclip_core::assign::{AnchorGenerator, AtssOptions, atss_assign};
 use detclip_core::data::Span;
 use detclip_core::ops::DeltaBoxCoder;
 use detclip_models::glip::{
-    BiMultiHeadAttentionConfig, DyConvConfig, GlipBackbone, GlipConfig, GlipInferenceConfig,
-    GlipLossConfig, GlipOutput, GlipTarget, PhraseTokens, XMhaFusionConfig, fusion_block_keys,
-    glip_detect, glip_keys, glip_loss, positive_tokens,
+    BiMultiHeadAttentionConfig, DyConvConfig, GlipBackbone, GlipBackboneConfig, GlipConfig,
+    GlipInferenceConfig, GlipLossConfig, GlipOutput, GlipTarget, PhraseTokens, XMhaFusionConfig,
+    fusion_block_keys, glip_detect, glip_keys, glip_loss, glip_resnet_keys, positive_tokens,
 };
 use detclip_models::import::{KeyMap, LoadOptions, load_checkpoint};
+use detclip_models::resnet::ResNetConfig;
 use regex::Regex;
 
 use crate::harness::{Fixture, assert_close, fixtures, max_abs_diff, to_vec};
@@ -246,6 +247,36 @@ backend_test! {
             assert_eq!(reg.dims(), [2, 4, *h, *w]);
             assert!(to_vec(logits.clone()).iter().all(|v| v.is_finite()));
         }
+    }
+}
+
+backend_test! {
+    fn glip_loads_the_released_resnet_layout_at_a_tiny_size<B>(device) {
+        // scripts/fixtures/glip.py `resnet_layout`: maskrcnn-benchmark's ResNet (width 4,
+        // blocks 1-1-2-1) and GLIP_SMALL's rest.
+        let mut config = GlipConfig::small();
+        config.backbone = GlipBackboneConfig::ResNet(
+            ResNetConfig::new([1, 1, 2, 1]).with_width(4).with_stem_channels(4),
+        );
+        let mut model = config.init::<B::InnerBackend>(device).unwrap();
+        let GlipBackbone::ResNet(resnet) = &model.backbone else { unreachable!() };
+        let before = to_vec(resnet.layer3[1].bn2.running_var.value());
+        let options = LoadOptions { top_level_key: Some("model".into()), ..Default::default() };
+        // Fails, listing them, on any missing, unexpected or mis-shaped key.
+        let path = fixtures().join("glip_tiny_resnet_official.pth");
+        load_checkpoint(&mut model, &path, &glip_resnet_keys(config.num_layers), &options)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The released stem and frozen-norm statistics arrived where they belong.
+        let GlipBackbone::ResNet(resnet) = &model.backbone else { unreachable!() };
+        let after = to_vec(resnet.layer3[1].bn2.running_var.value());
+        assert!(max_abs_diff(&before, &after) > 0.0 && after.iter().all(|&v| v >= 0.5));
+        // The Swin map does not fit this layout.
+        let mut other = config.init::<B::InnerBackend>(device).unwrap();
+        assert!(load_checkpoint(&mut other, &path, &glip_keys(config.num_layers), &options).is_err());
+        let (images, ids, mask) = small_inputs::<B::InnerBackend>(device);
+        let out = model.forward(images, ids, mask).unwrap();
+        assert_eq!(out.sizes, vec![[8, 8], [4, 4], [2, 2], [1, 1], [1, 1]]);
+        assert!(out.logits.iter().all(|l| to_vec(l.clone()).iter().all(|v| v.is_finite())));
     }
 }
 

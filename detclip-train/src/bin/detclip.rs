@@ -63,7 +63,7 @@ enum Command {
     },
     /// Train a recipe with the shared learner.
     Train {
-        /// The recipe (`shapes`, `regionspot`, `detclipv2`).
+        /// The recipe (`shapes`, `regionspot`, `detclipv2`, `glip`).
         #[arg(long)]
         recipe: String,
         /// The recipe's config as JSON (default: the recipe's preset).

@@ -35,6 +35,7 @@ use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use detclip_core::data::Sample;
 use detclip_core::data::synthetic::Split;
+use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_core::{DetError, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -351,7 +352,7 @@ fn truncate_log(path: &Path, step: u64) -> Result<()> {
 ///
 /// Bad input (a missing data path, an out folder that already holds a run, a checkpoint of
 /// another recipe or config) is reported before anything is written.
-pub fn train<R: Recipe, B: detclip_core::ext::DetclipAutodiffBackend>(
+pub fn train<R: Recipe, B: DetclipAutodiffBackend>(
     recipe: &R,
     device: &B::Device,
     options: &RunOptions,
@@ -518,7 +519,7 @@ pub fn init_model<R: Recipe, B: Backend>(recipe: &R, device: &B::Device) -> Resu
 }
 
 /// COCO AP of a model on an evaluation set (all, seen and held-out concepts).
-pub fn evaluate_model<R: Recipe, B: detclip_core::ext::DetclipOps>(
+pub fn evaluate_model<R: Recipe, B: DetclipOps>(
     recipe: &R,
     model: &R::Model<B>,
     set: &EvalSet,

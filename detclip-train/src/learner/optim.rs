@@ -33,12 +33,13 @@ pub struct GroupMultipliers {
 }
 
 impl GroupMultipliers {
-    /// The multiplier of `group`.
+    /// The multiplier of `group`: the finer groups (prompt, output) take the multiplier of
+    /// the coarse group they belong to (language, new).
     pub fn of(&self, group: ParamGroup) -> f64 {
         match group {
             ParamGroup::Backbone => self.backbone,
-            ParamGroup::Language => self.language,
-            ParamGroup::New => self.new,
+            ParamGroup::Language | ParamGroup::Prompt => self.language,
+            ParamGroup::New | ParamGroup::Output => self.new,
         }
     }
 }

@@ -7,12 +7,15 @@
 //!   module
 //! - [`detclipv2`]: DetCLIPv2 — joint detection, grounding and image-text training with
 //!   word–region alignment
+//! - [`glip`]: GLIP (phrase grounding with deep X-MHA fusion) on the synthetic world, with
+//!   GLIP's fine-tuning modes
 
 pub mod detclipv2;
+pub mod glip;
+pub mod regionspot;
 pub mod shapes;
 
 pub use detclipv2::DetClipV2Recipe;
-pub use shapes::ShapesRecipe;
-pub mod regionspot;
-
+pub use glip::GlipRecipe;
 pub use regionspot::RegionSpotRecipe;
+pub use shapes::ShapesRecipe;

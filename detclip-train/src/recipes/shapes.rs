@@ -21,11 +21,11 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{relu, sigmoid};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::PadMode;
 use detclip_core::Result;
 use detclip_core::assign::{AnchorGenerator, AnchorLevel, AtssOptions, atss_assign};
 use detclip_core::data::{Batch, Normalize, SourceKind, TestTransform};
+use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_core::loss::{
     Reduction, bce_with_logits, centerness_loss, centerness_targets, giou_loss, sigmoid_focal_loss,
 };
@@ -752,7 +752,7 @@ impl Recipe for ShapesRecipe {
         Ok(())
     }
 
-    fn loss<B: AutodiffBackend>(
+    fn loss<B: DetclipAutodiffBackend>(
         &self,
         model: &ShapesDetector<B>,
         batch: &Batch<B>,
@@ -826,7 +826,7 @@ impl Recipe for ShapesRecipe {
         Ok(terms)
     }
 
-    fn detect<B: Backend>(
+    fn detect<B: DetclipOps>(
         &self,
         model: &ShapesDetector<B>,
         batch: &Batch<B>,

@@ -10,6 +10,7 @@ mod harness;
 mod checkpoint;
 mod config;
 mod detclipv2;
+mod glip;
 mod learner;
 mod regionspot;
 mod sampler;
