@@ -211,6 +211,13 @@ pub fn run(args: RegionSpotArgs) -> Result<(), String> {
         == Some(format!("logits [1, {}, {CLASSES}]", args.boxes).as_str())
         && ours.shapes == format!("logits [1, {}, {CLASSES}]", args.boxes);
     let per_s = |ms: f64| args.boxes as f64 / ms * 1e3;
+    let rate = |r: f64| {
+        if r >= 10.0 {
+            format!("{r:.0}")
+        } else {
+            format!("{r:.2}")
+        }
+    };
     let mut md =
         String::from("# RegionSpot: regions per second and training step, detclip vs PyTorch\n\n");
     md.push_str(&format!(
@@ -246,10 +253,10 @@ pub fn run(args: RegionSpotArgs) -> Result<(), String> {
     ];
     for (name, o, t) in rows {
         md.push_str(&format!(
-            "| {name} | {o:.0} | {t:.0} | {:.2} | {:.0} | {:.0} |\n",
+            "| {name} | {o:.0} | {t:.0} | {:.2} | {} | {} |\n",
             o / t,
-            per_s(o),
-            per_s(t)
+            rate(per_s(o)),
+            rate(per_s(t))
         ));
     }
     let t = theirs("train_step");
