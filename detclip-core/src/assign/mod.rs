@@ -1,7 +1,9 @@
-//! Anchors per FPN level and the ATSS assigner.
+//! Anchors per FPN level, the distance box coder of dense heads, and the ATSS assigner.
 
 mod anchors;
 mod atss;
+mod level;
 
 pub use anchors::*;
 pub use atss::*;
+pub use level::*;

@@ -6,12 +6,13 @@
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use detclip_core::assign::{AtssOptions, atss_assign};
+use detclip_core::assign::{
+    AtssOptions, LevelAnchors, atss_assign, decode_distances, decode_distances_batched,
+};
 use detclip_core::loss::{
     Reduction, centerness_loss, centerness_targets, giou_loss, sigmoid_focal_loss,
 };
 
-use super::boxes::{LevelAnchors, decode_all, decode_boxes};
 use super::head::HeadOutput;
 use crate::align::{
     Aggregation, ProposalOptions, cross_scores, image_caption_similarity, select_proposals,
@@ -185,7 +186,7 @@ impl DetClipV2LossConfig {
         let (centres, halves) = anchors.tensors::<B>(&device);
         let raw = out.bbox.clone().reshape([n * a, 4]).select(0, flat.clone());
         let centres = centres.select(0, per_anchor.clone());
-        let pred = decode_boxes(raw, centres.clone(), halves.select(0, per_anchor));
+        let pred = decode_distances(raw, centres.clone(), halves.select(0, per_anchor));
         let gt = Tensor::<B, 2>::from_data(TensorData::new(t.pos_boxes, [p, 4]), &device);
         let giou = giou_loss(pred, gt.clone(), Reduction::Mean, 1e-7)?;
         terms.push(("reg", giou * self.reg_weight));
@@ -224,7 +225,7 @@ impl DetClipV2LossConfig {
                 expected: format!("[{n}, M, D] with at least two pairs"),
             });
         }
-        let boxes = decode_all(out.bbox.clone(), anchors);
+        let boxes = decode_distances_batched(out.bbox.clone(), anchors);
         let selected =
             select_proposals(out.regions.clone(), boxes, batch_concepts, &self.proposals)?;
         let proposals = selected.gather(out.regions.clone());

@@ -9,18 +9,19 @@
 //! - [`DetClipV2LossConfig`]: `L_align + α·L_reg + β·L_center` for detection and grounding,
 //!   `λ·L_cts` for image-text pairs (word–region alignment in [`crate::align`]).
 //!
+//! Its anchors and distance box coder are `detclip_core::assign::{LevelAnchors,
+//! decode_distances}`, shared with detclip-train's `shapes` recipe.
+//!
 //! `detclip train --recipe detclipv2` trains it on the synthetic world (detclip-train's
 //! `recipes/detclipv2.rs`); the book chapter `detclipv2.md` has the experiments.
 
 mod backbone;
-mod boxes;
 mod head;
 mod loss;
 mod model;
 mod text;
 
 pub use backbone::*;
-pub use boxes::*;
 pub use head::*;
 pub use loss::*;
 pub use model::*;

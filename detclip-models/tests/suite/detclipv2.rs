@@ -4,9 +4,9 @@
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use detclip_core::DetError;
+use detclip_core::assign::LevelAnchors;
 use detclip_models::detclipv2::{
     BackboneConfig, DetClipV2Config, DetClipV2LossConfig, HashedWordTokenizer, ImageBoxes,
-    LevelAnchors,
 };
 use detclip_models::fpn::ExtraLevels;
 use detclip_models::swin::SwinConfig;

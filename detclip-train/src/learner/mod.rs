@@ -68,6 +68,40 @@ pub struct LearnerConfig {
 }
 
 impl LearnerConfig {
+    /// AdamW at `lr` for `steps` steps with the settings the synthetic-world presets share:
+    /// seed 0, no accumulation, one learning rate for every group, weight decay 1e-4, betas
+    /// (0.9, 0.999), global-norm clipping at 10, nothing frozen, 50 warm-up steps from 0.01,
+    /// cosine decay to 0.02, a checkpoint every 200 steps, evaluation at the end only.
+    /// Presets change the fields that differ.
+    pub fn adamw(steps: u64, lr: f64) -> Self {
+        Self {
+            steps,
+            seed: 0,
+            accumulate: 1,
+            optim: OptimConfig {
+                lr,
+                lr_mult: GroupMultipliers {
+                    backbone: 1.0,
+                    language: 1.0,
+                    new: 1.0,
+                },
+                weight_decay: 1e-4,
+                betas: [0.9, 0.999],
+                eps: 1e-8,
+                clip_grad_norm: Some(10.0),
+                frozen: Vec::new(),
+            },
+            schedule: ScheduleConfig {
+                warmup_steps: 50,
+                warmup_factor: 0.01,
+                decay: Decay::Cosine { min_factor: 0.02 },
+            },
+            checkpoint_every: 200,
+            eval_every: 0,
+            eval_batch_size: 8,
+        }
+    }
+
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 || self.accumulate == 0 || self.eval_batch_size == 0 {

@@ -19,35 +19,19 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::sigmoid;
-use detclip_core::data::{Batch, Normalize, Sample, SourceKind, TestTransform};
+use detclip_core::assign::{LevelAnchors, decode_distances_batched};
+use detclip_core::data::{Batch, Sample, SourceKind, TestTransform};
 use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
-use detclip_core::ops::{batched_nms_slice, top_k_slice};
 use detclip_core::{DetError, Result};
 use detclip_models::detclipv2::{
-    DetClipV2, DetClipV2Config, DetClipV2LossConfig, HeadOutput, ImageBoxes, LevelAnchors,
-    decode_all,
+    DetClipV2, DetClipV2Config, DetClipV2LossConfig, HeadOutput, ImageBoxes,
 };
 use serde::{Deserialize, Serialize};
 
+use super::dense::{DenseTestConfig, dense_detections};
 use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig, SyntheticSplit};
-use crate::learner::{Decay, GroupMultipliers, LearnerConfig, OptimConfig, ScheduleConfig};
+use crate::learner::LearnerConfig;
 use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
-
-/// Inference settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetClipV2TestConfig {
-    /// Shorter side of the test resize.
-    pub short_side: u32,
-    /// Cap on the longer side.
-    pub max_long: Option<u32>,
-    /// Candidates kept per image before NMS.
-    pub pre_nms_top_k: usize,
-    /// NMS IoU threshold (per concept).
-    pub nms_iou: f32,
-    /// Detections kept per image.
-    pub max_detections: usize,
-}
 
 /// The `detclipv2` recipe.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,7 +42,7 @@ pub struct DetClipV2Recipe {
     /// The loss weights (α, β, λ, τ, aggregation and its τ_t, proposals).
     pub loss: DetClipV2LossConfig,
     /// Inference.
-    pub test: DetClipV2TestConfig,
+    pub test: DenseTestConfig,
     /// Training sources and evaluation set.
     pub data: DataConfig,
     /// The learner.
@@ -123,7 +107,7 @@ impl DetClipV2Recipe {
             // sees a few dozen image-text batches, and at 0.1 the contrastive term barely
             // moves the embeddings in that time.
             loss: DetClipV2LossConfig::new().with_contrastive_weight(1.0),
-            test: DetClipV2TestConfig {
+            test: DenseTestConfig {
                 short_side: 96,
                 max_long: Some(144),
                 pre_nms_top_k: 300,
@@ -135,31 +119,11 @@ impl DetClipV2Recipe {
                 eval: Some(world(3, 150, SourceKind::Grounding, SyntheticSplit::Test)),
                 size_divisor: 32,
             },
-            learner: LearnerConfig {
-                steps: 90,
-                seed: 0,
-                accumulate: 1,
-                optim: OptimConfig {
-                    lr: 2e-3,
-                    lr_mult: GroupMultipliers {
-                        backbone: 1.0,
-                        language: 1.0,
-                        new: 1.0,
-                    },
-                    weight_decay: 1e-4,
-                    betas: [0.9, 0.999],
-                    eps: 1e-8,
-                    clip_grad_norm: Some(10.0),
-                    frozen: Vec::new(),
-                },
-                schedule: ScheduleConfig {
-                    warmup_steps: 10,
-                    warmup_factor: 0.01,
-                    decay: Decay::Cosine { min_factor: 0.02 },
-                },
-                checkpoint_every: 0,
-                eval_every: 0,
-                eval_batch_size: 8,
+            learner: {
+                let mut l = LearnerConfig::adamw(90, 2e-3);
+                l.schedule.warmup_steps = 10;
+                l.checkpoint_every = 0;
+                l
             },
         }
     }
@@ -329,16 +293,13 @@ impl Recipe for DetClipV2Recipe {
     }
 
     fn test_transform(&self) -> TestTransform {
-        TestTransform {
-            short: self.test.short_side,
-            max_long: self.test.max_long,
-            normalize: Normalize::imagenet(),
-        }
+        self.test.transform()
     }
 
     fn validate(&self) -> Result<()> {
         self.learner.validate()?;
         self.data.validate()?;
+        self.test.validate()?;
         self.loss.validate()?;
         for s in &self.data.sources {
             let pairs = matches!(
@@ -405,53 +366,9 @@ impl Recipe for DetClipV2Recipe {
         let cache = model.concept_cache(vocabulary)?;
         let (out, logits) = model.forward_cached(batch.images.clone(), &cache)?;
         let anchors = LevelAnchors::new(&out.sizes, self.model.anchor_scale)?;
-        let [n, a, c] = logits.dims();
+        let [n, a, _] = logits.dims();
         let scores = (sigmoid(logits) * sigmoid(out.centerness.clone()).reshape([n, a, 1])).sqrt();
-        let boxes = decode_all(out.bbox, &anchors);
-        let host = |t: Tensor<B, 3>| -> Vec<f32> {
-            t.into_data().convert::<f32>().to_vec().unwrap_or_default()
-        };
-        let (scores, boxes) = (host(scores), host(boxes));
-        let mut result = Vec::with_capacity(n);
-        for (img, &(h, w)) in batch.image_sizes.iter().enumerate() {
-            let s = &scores[img * a * c..(img + 1) * a * c];
-            let above: Vec<usize> = (0..a * c).filter(|&k| s[k] >= threshold).collect();
-            let above_scores: Vec<f32> = above.iter().map(|&k| s[k]).collect();
-            let cand: Vec<usize> = top_k_slice(&above_scores, self.test.pre_nms_top_k)
-                .into_iter()
-                .map(|i| above[i])
-                .collect();
-            let clip = |b: &[f32]| {
-                [
-                    b[0].clamp(0.0, w as f32),
-                    b[1].clamp(0.0, h as f32),
-                    b[2].clamp(0.0, w as f32),
-                    b[3].clamp(0.0, h as f32),
-                ]
-            };
-            let cand_boxes: Vec<[f32; 4]> = cand
-                .iter()
-                .map(|&k| clip(&boxes[(img * a + k / c) * 4..][..4]))
-                .collect();
-            let cand_scores: Vec<f32> = cand.iter().map(|&k| s[k]).collect();
-            let cand_labels: Vec<i64> = cand.iter().map(|&k| (k % c) as i64).collect();
-            let keep = batched_nms_slice(
-                cand_boxes.as_flattened(),
-                &cand_scores,
-                &cand_labels,
-                self.test.nms_iou,
-            )?;
-            result.push(
-                keep.into_iter()
-                    .take(self.test.max_detections)
-                    .map(|i| Detected {
-                        bbox: cand_boxes[i],
-                        label: cand_labels[i] as usize,
-                        score: cand_scores[i],
-                    })
-                    .collect(),
-            );
-        }
-        Ok(result)
+        let boxes = decode_distances_batched(out.bbox, &anchors);
+        dense_detections(scores, boxes, &batch.image_sizes, threshold, &self.test)
     }
 }

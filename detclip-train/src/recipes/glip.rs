@@ -43,10 +43,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig};
-use crate::learner::{
-    Checkpoint, Decay, GroupMultipliers, LearnerConfig, OptimConfig, ScheduleConfig,
-    load_model_bytes,
-};
+use crate::learner::{Checkpoint, LearnerConfig, load_model_bytes};
 use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
 
 /// The model's sizes (a Swin backbone, a BERT text encoder, the VLDyHead).
@@ -287,31 +284,12 @@ impl GlipRecipe {
                 eval: Some(synthetic(3, 150, (112, 160), SourceKind::Grounding)),
                 size_divisor: 32,
             },
-            learner: LearnerConfig {
-                steps: 320,
-                seed: 0,
-                accumulate: 1,
-                optim: OptimConfig {
-                    lr: 2e-3,
-                    lr_mult: GroupMultipliers {
-                        backbone: 1.0,
-                        language: 1.0,
-                        new: 1.0,
-                    },
-                    weight_decay: 1e-4,
-                    betas: [0.9, 0.999],
-                    eps: 1e-8,
-                    clip_grad_norm: Some(10.0),
-                    frozen: FineTune::Full.frozen(),
-                },
-                schedule: ScheduleConfig {
-                    warmup_steps: 30,
-                    warmup_factor: 0.01,
-                    decay: Decay::Cosine { min_factor: 0.02 },
-                },
-                checkpoint_every: 100,
-                eval_every: 0,
-                eval_batch_size: 8,
+            learner: {
+                let mut l = LearnerConfig::adamw(320, 2e-3);
+                l.optim.frozen = FineTune::Full.frozen();
+                l.schedule.warmup_steps = 30;
+                l.checkpoint_every = 100;
+                l
             },
         }
     }

@@ -1,6 +1,7 @@
 //! The recipes. Each is a typed struct with named presets; `detclip train --recipe NAME`
 //! picks one by its [`Recipe::NAME`](crate::recipe::Recipe::NAME).
 //!
+//! - [`dense`]: inference settings and post-processing shared by the dense one-stage recipes
 //! - [`shapes`]: a small open-vocabulary detector for the synthetic world (the learner's test
 //!   recipe and `detclip demo`'s model)
 //! - [`regionspot`], RegionSpot: frozen SAM + frozen CLIP, a trained cross-attention
@@ -10,6 +11,7 @@
 //! - [`glip`]: GLIP (phrase grounding with deep X-MHA fusion) on the synthetic world, with
 //!   GLIP's fine-tuning modes
 
+pub mod dense;
 pub mod detclipv2;
 pub mod glip;
 pub mod regionspot;

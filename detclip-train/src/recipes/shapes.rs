@@ -23,17 +23,19 @@ use burn::tensor::TensorData;
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::ops::PadMode;
 use detclip_core::Result;
-use detclip_core::assign::{AnchorGenerator, AnchorLevel, AtssOptions, atss_assign};
-use detclip_core::data::{Batch, Normalize, SourceKind, TestTransform};
+use detclip_core::assign::{
+    AtssOptions, LevelAnchors, atss_assign, decode_distances, decode_distances_batched,
+};
+use detclip_core::data::{Batch, SourceKind, TestTransform};
 use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_core::loss::{
     Reduction, bce_with_logits, centerness_loss, centerness_targets, giou_loss, sigmoid_focal_loss,
 };
-use detclip_core::ops::batched_nms_slice;
 use serde::{Deserialize, Serialize};
 
+use super::dense::{DenseTestConfig, dense_detections};
 use crate::data::{DataConfig, SourceConfig, SyntheticConfig};
-use crate::learner::{Decay, GroupMultipliers, LearnerConfig, OptimConfig, ScheduleConfig};
+use crate::learner::LearnerConfig;
 use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
 
 /// The model's sizes.
@@ -78,22 +80,6 @@ pub struct ShapesLossConfig {
     pub image_text_weight: f32,
 }
 
-/// Inference settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShapesTestConfig {
-    /// Shorter side of the test resize.
-    pub short_side: u32,
-    /// Cap on the longer side.
-    pub max_long: Option<u32>,
-    /// Candidates kept per image before NMS.
-    pub pre_nms_top_k: usize,
-    /// NMS IoU threshold (per class).
-    pub nms_iou: f32,
-    /// Detections kept per image.
-    pub max_detections: usize,
-}
-
 /// The `shapes` recipe: model, loss, inference, data and learner settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,7 +89,7 @@ pub struct ShapesRecipe {
     /// The loss.
     pub loss: ShapesLossConfig,
     /// Inference.
-    pub test: ShapesTestConfig,
+    pub test: DenseTestConfig,
     /// Training sources and evaluation set.
     pub data: DataConfig,
     /// The learner.
@@ -146,7 +132,7 @@ impl ShapesRecipe {
                 ctr_weight: 1.0,
                 image_text_weight: 0.5,
             },
-            test: ShapesTestConfig {
+            test: DenseTestConfig {
                 short_side: 128,
                 max_long: Some(192),
                 pre_nms_top_k: 300,
@@ -185,32 +171,7 @@ impl ShapesRecipe {
                 eval: Some(world(3, 150, SourceKind::Grounding)),
                 size_divisor: 32,
             },
-            learner: LearnerConfig {
-                steps: 400,
-                seed: 0,
-                accumulate: 1,
-                optim: OptimConfig {
-                    lr: 3e-3,
-                    lr_mult: GroupMultipliers {
-                        backbone: 1.0,
-                        language: 1.0,
-                        new: 1.0,
-                    },
-                    weight_decay: 1e-4,
-                    betas: [0.9, 0.999],
-                    eps: 1e-8,
-                    clip_grad_norm: Some(10.0),
-                    frozen: Vec::new(),
-                },
-                schedule: ScheduleConfig {
-                    warmup_steps: 50,
-                    warmup_factor: 0.01,
-                    decay: Decay::Cosine { min_factor: 0.02 },
-                },
-                checkpoint_every: 200,
-                eval_every: 0,
-                eval_batch_size: 8,
-            },
+            learner: LearnerConfig::adamw(400, 3e-3),
         }
     }
 
@@ -547,69 +508,6 @@ impl<B: Backend> ShapesDetector<B> {
     }
 }
 
-/// Anchors of the levels, as a host list and as `[A, 2]` centres and `[A, 1]` half-sides.
-struct Anchors {
-    boxes: Vec<[f32; 4]>,
-    counts: Vec<usize>,
-}
-
-impl Anchors {
-    fn new(sizes: &[[usize; 2]], scale: f32) -> Result<Self> {
-        let generator = AnchorGenerator {
-            levels: STRIDES
-                .iter()
-                .map(|&s| AnchorLevel {
-                    stride: s,
-                    sizes: vec![scale * s],
-                })
-                .collect(),
-            ratios: vec![1.0],
-            center_offset: 0.5,
-            round_base: false,
-        };
-        let levels = generator.grid_anchors_host(sizes)?;
-        let counts = levels.iter().map(Vec::len).collect();
-        Ok(Self {
-            boxes: levels.into_iter().flatten().collect(),
-            counts,
-        })
-    }
-
-    /// `[A, 2]` centres and `[A, 2]` half-sides (repeated for x and y).
-    fn tensors<B: Backend>(&self, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let a = self.boxes.len();
-        let centres: Vec<f32> = self
-            .boxes
-            .iter()
-            .flat_map(|b| [(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0])
-            .collect();
-        let halves: Vec<f32> = self
-            .boxes
-            .iter()
-            .flat_map(|b| [(b[2] - b[0]) / 2.0, (b[3] - b[1]) / 2.0])
-            .collect();
-        (
-            Tensor::from_data(TensorData::new(centres, [a, 2]), device),
-            Tensor::from_data(TensorData::new(halves, [a, 2]), device),
-        )
-    }
-}
-
-/// Boxes from raw distances: `ltrb = e^raw · half-side`, around the anchor centre.
-///
-/// # Shapes
-/// - `raw`: `[M, 4]`, `centres`, `halves`: `[M, 2]`; out `[M, 4]` xyxy
-fn decode<B: Backend>(
-    raw: Tensor<B, 2>,
-    centres: Tensor<B, 2>,
-    halves: Tensor<B, 2>,
-) -> Tensor<B, 2> {
-    let d = raw.clamp(-6.0, 6.0).exp();
-    let lt = d.clone().narrow(1, 0, 2) * halves.clone();
-    let rb = d.narrow(1, 2, 2) * halves;
-    Tensor::cat(vec![centres.clone() - lt, centres + rb], 1)
-}
-
 /// Targets of one batch, built on the host.
 struct Targets {
     /// Rows (images) with boxes, and rows of image-text samples.
@@ -629,7 +527,7 @@ impl ShapesRecipe {
     fn targets<B: Backend>(
         &self,
         batch: &Batch<B>,
-        anchors: &Anchors,
+        anchors: &LevelAnchors,
         vocabulary: &[String],
     ) -> Result<Targets> {
         let (a, c) = (anchors.boxes.len(), vocabulary.len());
@@ -716,16 +614,13 @@ impl Recipe for ShapesRecipe {
     }
 
     fn test_transform(&self) -> TestTransform {
-        TestTransform {
-            short: self.test.short_side,
-            max_long: self.test.max_long,
-            normalize: Normalize::imagenet(),
-        }
+        self.test.transform()
     }
 
     fn validate(&self) -> Result<()> {
         self.learner.validate()?;
         self.data.validate()?;
+        self.test.validate()?;
         let m = &self.model;
         if m.channels.contains(&0)
             || m.head_channels == 0
@@ -760,7 +655,7 @@ impl Recipe for ShapesRecipe {
     ) -> Result<LossTerms<B>> {
         let device = batch.images.device();
         let out = model.forward_image(batch.images.clone());
-        let anchors = Anchors::new(&out.sizes, self.model.anchor_scale)?;
+        let anchors = LevelAnchors::new(&out.sizes, self.model.anchor_scale)?;
         let targets = self.targets(batch, &anchors, vocabulary)?;
         let text = model.forward_text(vocabulary, self.model.trigram_buckets);
         let logits = model.logits(out.embed, text);
@@ -796,7 +691,7 @@ impl Recipe for ShapesRecipe {
                 let (centres, halves) = anchors.tensors::<B>(&device);
                 let raw = out.bbox.reshape([n * a, 4]).select(0, flat.clone());
                 let centres = centres.select(0, per_anchor.clone());
-                let pred = decode(raw, centres.clone(), halves.select(0, per_anchor));
+                let pred = decode_distances(raw, centres.clone(), halves.select(0, per_anchor));
                 let gt =
                     Tensor::<B, 2>::from_data(TensorData::new(targets.pos_boxes, [p, 4]), &device);
                 let giou = giou_loss(pred, gt.clone(), Reduction::Mean, 1e-7)?;
@@ -833,66 +728,13 @@ impl Recipe for ShapesRecipe {
         vocabulary: &[String],
         threshold: f32,
     ) -> Result<Vec<Vec<Detected>>> {
-        let device = batch.images.device();
         let out = model.forward_image(batch.images.clone());
-        let anchors = Anchors::new(&out.sizes, self.model.anchor_scale)?;
+        let anchors = LevelAnchors::new(&out.sizes, self.model.anchor_scale)?;
         let text = model.forward_text(vocabulary, self.model.trigram_buckets);
         let logits = model.logits(out.embed, text);
-        let [n, a, c] = logits.dims();
+        let [n, a, _] = logits.dims();
         let scores = (sigmoid(logits) * sigmoid(out.centerness).reshape([n, a, 1])).sqrt();
-        let (centres, halves) = anchors.tensors::<B>(&device);
-        let boxes = decode(
-            out.bbox.reshape([n * a, 4]),
-            centres.repeat_dim(0, n),
-            halves.repeat_dim(0, n),
-        );
-        let scores: Vec<f32> = scores
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
-        let boxes: Vec<f32> = boxes
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
-        let mut result = Vec::with_capacity(n);
-        for (img, &(h, w)) in batch.image_sizes.iter().enumerate() {
-            let s = &scores[img * a * c..(img + 1) * a * c];
-            let mut cand: Vec<usize> = (0..a * c).filter(|&k| s[k] >= threshold).collect();
-            cand.sort_by(|&x, &y| s[y].total_cmp(&s[x]).then(x.cmp(&y)));
-            cand.truncate(self.test.pre_nms_top_k);
-            let clip = |b: &[f32]| {
-                [
-                    b[0].clamp(0.0, w as f32),
-                    b[1].clamp(0.0, h as f32),
-                    b[2].clamp(0.0, w as f32),
-                    b[3].clamp(0.0, h as f32),
-                ]
-            };
-            let cand_boxes: Vec<[f32; 4]> = cand
-                .iter()
-                .map(|&k| clip(&boxes[(img * a + k / c) * 4..][..4]))
-                .collect();
-            let cand_scores: Vec<f32> = cand.iter().map(|&k| s[k]).collect();
-            let cand_labels: Vec<i64> = cand.iter().map(|&k| (k % c) as i64).collect();
-            let keep = batched_nms_slice(
-                cand_boxes.as_flattened(),
-                &cand_scores,
-                &cand_labels,
-                self.test.nms_iou,
-            )?;
-            result.push(
-                keep.into_iter()
-                    .take(self.test.max_detections)
-                    .map(|i| Detected {
-                        bbox: cand_boxes[i],
-                        label: cand_labels[i] as usize,
-                        score: cand_scores[i],
-                    })
-                    .collect(),
-            );
-        }
-        Ok(result)
+        let boxes = decode_distances_batched(out.bbox, &anchors);
+        dense_detections(scores, boxes, &batch.image_sizes, threshold, &self.test)
     }
 }

@@ -13,7 +13,7 @@ use detclip_train::recipe::{ParamGroup, Recipe};
 use detclip_train::recipes::GlipRecipe;
 use detclip_train::recipes::glip::{FineTune, GlipDetector};
 
-use crate::harness::{locked, scratch};
+use crate::harness::{Collect, locked, scratch};
 
 fn quiet(out: &std::path::Path) -> RunOptions {
     let mut o = RunOptions::new(out);
@@ -44,20 +44,6 @@ backend_test! {
         }
         assert!(log.iter().any(|s| s.sources == ["grounding"]));
         assert!(log.iter().any(|s| s.sources == ["detection"]));
-    }
-}
-
-/// Every float of a module, in visiting order.
-struct Collect(Vec<f32>);
-impl<B: Backend> ModuleVisitor<B> for Collect {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-        self.0.extend(
-            p.val()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap(),
-        );
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub use detclip_core::testing::*;
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
@@ -28,4 +30,26 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch folder");
     dir
+}
+
+/// Every float of a module, in visiting order.
+pub struct Collect(pub Vec<f32>);
+
+impl<B: Backend> ModuleVisitor<B> for Collect {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        self.0.extend(
+            p.val()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 parameters"),
+        );
+    }
+}
+
+/// Every float of a module, in visiting order.
+pub fn floats<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
+    let mut c = Collect(Vec::new());
+    m.visit(&mut c);
+    c.0
 }

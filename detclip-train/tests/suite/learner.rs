@@ -1,8 +1,6 @@
 //! The learner on the tiny `shapes` preset: the loss falls, a resumed run repeats the
 //! uninterrupted one exactly, frozen groups stay put, detections are written.
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::prelude::*;
 use detclip_train::detect::detect_and_write;
 use detclip_train::learner::{
     RunFiles, RunOptions, StepLog, init_model, load_trained, read_log, train,
@@ -11,7 +9,7 @@ use detclip_train::recipe::ParamGroup;
 use detclip_train::recipes::ShapesRecipe;
 use detclip_train::recipes::shapes::ShapesDetector;
 
-use crate::harness::{init_lock, locked, scratch};
+use crate::harness::{floats, init_lock, locked, scratch};
 
 fn quiet(out: &std::path::Path) -> RunOptions {
     let mut o = RunOptions::new(out);
@@ -83,25 +81,6 @@ backend_test! {
         let sources = |s: &[StepLog]| s.iter().map(|l| l.sources.clone()).collect::<Vec<_>>();
         assert_eq!(sources(&log), sources(&uninterrupted.steps));
     }
-}
-
-/// Every float of a module, in visiting order.
-struct Collect(Vec<f32>);
-impl<B: Backend> ModuleVisitor<B> for Collect {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-        self.0.extend(
-            p.val()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap(),
-        );
-    }
-}
-fn floats<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
-    let mut c = Collect(Vec::new());
-    m.visit(&mut c);
-    c.0
 }
 
 backend_test! {

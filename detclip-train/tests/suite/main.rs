@@ -9,6 +9,7 @@ mod harness;
 
 mod checkpoint;
 mod config;
+mod dense;
 mod detclipv2;
 mod glip;
 mod learner;

@@ -2,8 +2,7 @@
 //! bit-identical through training), the cache gives the same losses as computing on the fly,
 //! a second cache pass computes nothing, and image-text sources are refused.
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
-use burn::prelude::*;
+use burn::module::AutodiffModule;
 use detclip_core::data::SourceKind;
 use detclip_train::data::DatasetConfig;
 use detclip_train::learner::{
@@ -13,31 +12,13 @@ use detclip_train::recipe::Recipe;
 use detclip_train::recipes::RegionSpotRecipe;
 use detclip_train::recipes::regionspot::cache_features;
 
-use crate::harness::{init_lock, locked, scratch};
+use crate::harness::{floats, init_lock, locked, scratch};
 
 fn quiet(out: &std::path::Path) -> RunOptions {
     let mut o = RunOptions::new(out);
     o.progress = false;
     o.evaluate = false;
     o
-}
-
-struct Collect(Vec<f32>);
-impl<B: Backend> ModuleVisitor<B> for Collect {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-        self.0.extend(
-            p.val()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap(),
-        );
-    }
-}
-fn floats<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
-    let mut c = Collect(Vec::new());
-    m.visit(&mut c);
-    c.0
 }
 
 fn losses(log: &[StepLog]) -> Vec<f64> {

@@ -45,7 +45,7 @@ pub use teacher::{TeacherConfig, TeacherReport};
 pub use text::{TextSide, words_of};
 
 use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig};
-use crate::learner::{Decay, GroupMultipliers, LearnerConfig, OptimConfig, ScheduleConfig};
+use crate::learner::{Decay, LearnerConfig};
 use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
 
 /// Sizes of small SAM- and CLIP-shaped encoders (the synthetic world, tests).
@@ -238,31 +238,13 @@ impl RegionSpotRecipe {
                 }),
                 size_divisor: 32,
             },
-            learner: LearnerConfig {
-                steps: 600,
-                seed: 0,
-                accumulate: 1,
-                optim: OptimConfig {
-                    lr: 1e-3,
-                    lr_mult: GroupMultipliers {
-                        backbone: 1.0,
-                        language: 1.0,
-                        new: 1.0,
-                    },
-                    weight_decay: 1e-4,
-                    betas: [0.9, 0.999],
-                    eps: 1e-8,
-                    clip_grad_norm: Some(1.0),
-                    frozen: Vec::new(),
-                },
-                schedule: ScheduleConfig {
-                    warmup_steps: 30,
-                    warmup_factor: 0.01,
-                    decay: Decay::Cosine { min_factor: 0.05 },
-                },
-                checkpoint_every: 100,
-                eval_every: 0,
-                eval_batch_size: 8,
+            learner: {
+                let mut l = LearnerConfig::adamw(600, 1e-3);
+                l.optim.clip_grad_norm = Some(1.0);
+                l.schedule.warmup_steps = 30;
+                l.schedule.decay = Decay::Cosine { min_factor: 0.05 };
+                l.checkpoint_every = 100;
+                l
             },
         }
     }

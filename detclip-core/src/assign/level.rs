@@ -1,8 +1,9 @@
-//! Anchors of the pyramid levels and the box coder of the head.
+//! One square anchor per location of each pyramid level (ATSS / FCOS heads), and the
+//! distance (`ltrb`) box coder those heads regress.
 
+use super::{AnchorGenerator, AnchorLevel};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use detclip_core::assign::{AnchorGenerator, AnchorLevel};
 
 /// One square anchor per location of each level (ATSS), on the host and as tensors.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,7 +20,7 @@ impl LevelAnchors {
     ///
     /// # Errors
     /// From the anchor generator (no level, bad sizes).
-    pub fn new(sizes: &[[usize; 2]], scale: f32) -> detclip_core::Result<Self> {
+    pub fn new(sizes: &[[usize; 2]], scale: f32) -> crate::Result<Self> {
         let generator = AnchorGenerator {
             levels: (0..sizes.len())
                 .map(|l| {
@@ -77,7 +78,7 @@ impl LevelAnchors {
 ///
 /// # Shapes
 /// - `raw`: `[M, 4]`; `centres`, `halves`: `[M, 2]`; out `[M, 4]` xyxy
-pub fn decode_boxes<B: Backend>(
+pub fn decode_distances<B: Backend>(
     raw: Tensor<B, 2>,
     centres: Tensor<B, 2>,
     halves: Tensor<B, 2>,
@@ -92,10 +93,13 @@ pub fn decode_boxes<B: Backend>(
 ///
 /// # Shapes
 /// - `raw`: `[N, A, 4]`; out `[N, A, 4]` xyxy
-pub fn decode_all<B: Backend>(raw: Tensor<B, 3>, anchors: &LevelAnchors) -> Tensor<B, 3> {
+pub fn decode_distances_batched<B: Backend>(
+    raw: Tensor<B, 3>,
+    anchors: &LevelAnchors,
+) -> Tensor<B, 3> {
     let [n, a, _] = raw.dims();
     let (centres, halves) = anchors.tensors::<B>(&raw.device());
-    decode_boxes(
+    decode_distances(
         raw.reshape([n * a, 4]),
         centres.repeat_dim(0, n),
         halves.repeat_dim(0, n),
