@@ -1088,10 +1088,10 @@ impl Recipe for VildRecipe {
         }
         let c = &self.clip;
         if c.patch == 0
-            || c.image_size % c.patch != 0
+            || !c.image_size.is_multiple_of(c.patch)
             || c.heads == 0
-            || c.width % c.heads != 0
-            || c.text_width % c.heads != 0
+            || !c.width.is_multiple_of(c.heads)
+            || !c.text_width.is_multiple_of(c.heads)
             || c.layers == 0
             || c.embed_dim == 0
         {
