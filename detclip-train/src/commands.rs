@@ -14,7 +14,7 @@ use crate::evaluate::EvalReport;
 use crate::learner::{Checkpoint, EvalSet, RunOptions, RunSummary, load_trained, train};
 use crate::recipe::{Recipe, read_config};
 use crate::recipes::regionspot::{CacheReport, cache_features};
-use crate::recipes::{DetClipV2Recipe, GlipRecipe, RegionSpotRecipe, ShapesRecipe};
+use crate::recipes::{DetClipV2Recipe, GlipRecipe, RegionSpotRecipe, ShapesRecipe, VildRecipe};
 
 /// Every recipe this build knows.
 /// (Built once per command: the variants' sizes do not matter.)
@@ -29,14 +29,17 @@ pub enum AnyRecipe {
     DetClipV2(DetClipV2Recipe),
     /// [`GlipRecipe`].
     Glip(GlipRecipe),
+    /// [`VildRecipe`].
+    Vild(VildRecipe),
 }
 
 /// The recipe names `--recipe` accepts.
-pub const RECIPES: [&str; 4] = [
+pub const RECIPES: [&str; 5] = [
     ShapesRecipe::NAME,
     RegionSpotRecipe::NAME,
     DetClipV2Recipe::NAME,
     GlipRecipe::NAME,
+    VildRecipe::NAME,
 ];
 
 impl AnyRecipe {
@@ -58,6 +61,10 @@ impl AnyRecipe {
             n if n == GlipRecipe::NAME => Ok(AnyRecipe::Glip(match config {
                 Some(p) => read_config(p)?,
                 None => GlipRecipe::synthetic(),
+            })),
+            n if n == VildRecipe::NAME => Ok(AnyRecipe::Vild(match config {
+                Some(p) => read_config(p)?,
+                None => VildRecipe::synthetic(),
             })),
             _ => Err(DetError::InvalidOption {
                 op: "train",
@@ -83,6 +90,7 @@ impl BackendTask for TrainTask {
             AnyRecipe::RegionSpot(r) => train::<_, B>(r, &device, &self.options),
             AnyRecipe::DetClipV2(r) => train::<_, B>(r, &device, &self.options),
             AnyRecipe::Glip(r) => train::<_, B>(r, &device, &self.options),
+            AnyRecipe::Vild(r) => train::<_, B>(r, &device, &self.options),
         }
     }
 }
@@ -127,6 +135,7 @@ impl BackendTask for DetectTask {
             n if n == RegionSpotRecipe::NAME => detect_with::<RegionSpotRecipe, B>(&self, &device),
             n if n == DetClipV2Recipe::NAME => detect_with::<DetClipV2Recipe, B>(&self, &device),
             n if n == GlipRecipe::NAME => detect_with::<GlipRecipe, B>(&self, &device),
+            n if n == VildRecipe::NAME => detect_with::<VildRecipe, B>(&self, &device),
             other => Err(DetError::Checkpoint {
                 file: self.checkpoint.display().to_string(),
                 why: format!("made by recipe `{other}`, which this build does not have"),

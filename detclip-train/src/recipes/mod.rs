@@ -10,14 +10,18 @@
 //!   word–region alignment
 //! - [`glip`]: GLIP (phrase grounding with deep X-MHA fusion) on the synthetic world, with
 //!   GLIP's fine-tuning modes
+//! - [`vild`]: ViLD — a two-stage detector with a CLIP text classifier, distilled from CLIP's
+//!   image embeddings of its proposals
 
 pub mod dense;
 pub mod detclipv2;
 pub mod glip;
 pub mod regionspot;
 pub mod shapes;
+pub mod vild;
 
 pub use detclipv2::DetClipV2Recipe;
 pub use glip::GlipRecipe;
 pub use regionspot::RegionSpotRecipe;
 pub use shapes::ShapesRecipe;
+pub use vild::VildRecipe;

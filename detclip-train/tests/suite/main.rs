@@ -17,3 +17,4 @@ mod regionspot;
 mod sampler;
 mod schedule;
 mod vild;
+mod vild_recipe;
