@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use super::regionspot::teacher::{self, CLIP_MEAN, CLIP_STD, TeacherConfig, TeacherData};
 use super::regionspot::{TextSide, words_of};
 use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig, SyntheticSplit};
-use crate::learner::{Decay, GroupMultipliers, LearnerConfig, OptimConfig, ScheduleConfig};
+use crate::learner::{Decay, LearnerConfig};
 use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
 use crate::vild::{ImageTeacher, load_teachers};
 
@@ -314,31 +314,13 @@ impl VildRecipe {
                 }),
                 size_divisor: 32,
             },
-            learner: LearnerConfig {
-                steps: 600,
-                seed: 0,
-                accumulate: 1,
-                optim: OptimConfig {
-                    lr: 2e-3,
-                    lr_mult: GroupMultipliers {
-                        backbone: 1.0,
-                        language: 1.0,
-                        new: 1.0,
-                    },
-                    weight_decay: 1e-4,
-                    betas: [0.9, 0.999],
-                    eps: 1e-8,
-                    clip_grad_norm: Some(5.0),
-                    frozen: Vec::new(),
-                },
-                schedule: ScheduleConfig {
-                    warmup_steps: 30,
-                    warmup_factor: 0.01,
-                    decay: Decay::Cosine { min_factor: 0.05 },
-                },
-                checkpoint_every: 100,
-                eval_every: 0,
-                eval_batch_size: 8,
+            learner: {
+                let mut l = LearnerConfig::adamw(600, 2e-3);
+                l.optim.clip_grad_norm = Some(5.0);
+                l.schedule.warmup_steps = 30;
+                l.schedule.decay = Decay::Cosine { min_factor: 0.05 };
+                l.checkpoint_every = 100;
+                l
             },
             teachers: TeacherStore::default(),
         }
