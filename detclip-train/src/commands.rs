@@ -70,6 +70,18 @@ impl AnyRecipe {
     }
 }
 
+impl AnyRecipe {
+    /// This recipe with its data block replaced (`detclip train --data FILE`).
+    pub fn with_data(self, data: crate::data::DataConfig) -> Result<Self> {
+        Ok(match self {
+            AnyRecipe::Shapes(r) => AnyRecipe::Shapes(r.with_data(data)?),
+            AnyRecipe::RegionSpot(r) => AnyRecipe::RegionSpot(r.with_data(data)?),
+            AnyRecipe::DetClipV2(r) => AnyRecipe::DetClipV2(r.with_data(data)?),
+            AnyRecipe::Glip(r) => AnyRecipe::Glip(r.with_data(data)?),
+        })
+    }
+}
+
 struct TrainTask {
     recipe: AnyRecipe,
     options: RunOptions,
@@ -207,9 +219,12 @@ impl BackendTask for DemoTask {
             .data
             .eval
             .as_ref()
-            .map(|c| c.world())
-            .transpose()?
-            .expect("checked above");
+            .and_then(|e| e.synthetic())
+            .ok_or_else(|| DetError::InvalidOption {
+                op: "demo",
+                why: "the demo recipe's evaluation set is not synthetic".into(),
+            })?
+            .world()?;
         let samples: Vec<_> = (0..8).map(|i| world.image(Split::Test, i).sample).collect();
         let pictures = detect_and_write(
             &recipe,

@@ -6,7 +6,7 @@
 //! detclip eval lvis --gt GT.json --dt DETECTIONS.json [--json] [--per-category]
 //! detclip eval odinw --config LIST.json [--json]
 //! detclip eval grounding --input PHRASES.json [--k 1,5,10] [--iou 0.5] [--json]
-//! detclip train --recipe NAME [--config FILE] [--device auto] [--out DIR] [--resume]
+//! detclip train --recipe NAME [--config FILE] [--data FILE] [--device auto] [--out DIR] [--resume]
 //! detclip detect --checkpoint C --image PATH|DIR --prompt "cat. dog." [--threshold 0.3] [--out DIR]
 //! detclip demo [--out DIR] [--device cpu] [--steps N]
 //! detclip regionspot cache [--config FILE | --checkpoint C] --out DIR [--device auto]
@@ -69,6 +69,9 @@ enum Command {
         /// The recipe's config as JSON (default: the recipe's preset).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// A data block as JSON (sources, eval, size_divisor) that replaces the config's.
+        #[arg(long)]
+        data: Option<PathBuf>,
         /// cpu | ndarray | wgpu[:N] | cuda[:N] | auto
         #[arg(long, default_value = "auto")]
         device: String,
@@ -363,11 +366,16 @@ fn print_ap(what: &str, s: &detclip_core::eval::CocoStats) {
 fn run_train(
     recipe: &str,
     config: Option<PathBuf>,
+    data: Option<PathBuf>,
     device: &str,
     out: PathBuf,
     resume: bool,
 ) -> ExitCode {
-    let recipe = match AnyRecipe::load(recipe, config.as_deref()) {
+    let recipe = AnyRecipe::load(recipe, config.as_deref()).and_then(|r| match &data {
+        Some(path) => r.with_data(detclip_train::recipe::read_data_config(path)?),
+        None => Ok(r),
+    });
+    let recipe = match recipe {
         Ok(r) => r,
         Err(e) => return fail("train", e),
     };
@@ -428,10 +436,11 @@ fn main() -> ExitCode {
         Command::Train {
             recipe,
             config,
+            data,
             device,
             out,
             resume,
-        } => run_train(&recipe, config, &device, out, resume),
+        } => run_train(&recipe, config, data, &device, out, resume),
         Command::Detect {
             checkpoint,
             image,

@@ -284,7 +284,7 @@ impl GlipRecipe {
                         1.0,
                     ),
                 ],
-                eval: Some(synthetic(3, 150, (112, 160), SourceKind::Grounding)),
+                eval: Some(synthetic(3, 150, (112, 160), SourceKind::Grounding).into()),
                 size_divisor: 32,
             },
             learner: LearnerConfig {
@@ -340,7 +340,7 @@ impl GlipRecipe {
             s.max_long = Some(96);
             s.batch_size = 2;
         }
-        r.data.eval = Some(synthetic(3, 4, (64, 80), SourceKind::Grounding));
+        r.data.eval = Some(synthetic(3, 4, (64, 80), SourceKind::Grounding).into());
         r.learner.steps = 30;
         r.learner.schedule.warmup_steps = 3;
         r.learner.checkpoint_every = 10;

@@ -9,7 +9,9 @@ mod harness;
 
 mod checkpoint;
 mod config;
+mod data_flag;
 mod detclipv2;
+mod eval_set;
 mod glip;
 mod learner;
 mod regionspot;

@@ -232,10 +232,13 @@ impl RegionSpotRecipe {
                     weight: 1.0,
                     flip_prob: 0.5,
                 }],
-                eval: Some(SyntheticConfig {
-                    kind: SourceKind::Grounding,
-                    ..world(3, 150)
-                }),
+                eval: Some(
+                    SyntheticConfig {
+                        kind: SourceKind::Grounding,
+                        ..world(3, 150)
+                    }
+                    .into(),
+                ),
                 size_divisor: 32,
             },
             learner: LearnerConfig {
@@ -312,7 +315,7 @@ impl RegionSpotRecipe {
             s.batch_size = 2;
             s.flip_prob = 0.0;
         }
-        r.data.eval = Some(tiny_world(3, 4, SourceKind::Grounding));
+        r.data.eval = Some(tiny_world(3, 4, SourceKind::Grounding).into());
         r.test.short_side = 64;
         r.test.max_long = Some(96);
         r.learner.steps = 20;
