@@ -11,6 +11,7 @@ use detclip_core::{DetError, Result};
 
 use crate::detect::{DetectReport, detect_and_write, image_samples, parse_prompt};
 use crate::evaluate::EvalReport;
+use crate::import::import_checkpoint;
 use crate::learner::{Checkpoint, EvalSet, RunOptions, RunSummary, load_trained, train};
 use crate::recipe::{Recipe, read_config};
 use crate::recipes::regionspot::{CacheReport, cache_features};
@@ -97,6 +98,44 @@ impl BackendTask for TrainTask {
             AnyRecipe::Glip(r) => train::<_, B>(r, &device, &self.options),
         }
     }
+}
+
+struct ImportTask {
+    recipe: AnyRecipe,
+    checkpoints: Vec<PathBuf>,
+    out: PathBuf,
+}
+
+impl BackendTask for ImportTask {
+    type Output = Result<PathBuf>;
+    fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let (c, o) = (&self.checkpoints, &self.out);
+        match &self.recipe {
+            AnyRecipe::Shapes(r) => import_checkpoint::<_, B>(r, c, o, &device),
+            AnyRecipe::RegionSpot(r) => import_checkpoint::<_, B>(r, c, o, &device),
+            AnyRecipe::DetClipV2(r) => import_checkpoint::<_, B>(r, c, o, &device),
+            AnyRecipe::Glip(r) => import_checkpoint::<_, B>(r, c, o, &device),
+        }
+    }
+}
+
+/// `detclip import`: an official checkpoint (or the several files a recipe's release has) as
+/// a run folder `out` with `config.json` and `checkpoint.bin` at step 0.
+pub fn import_command(
+    recipe: AnyRecipe,
+    checkpoints: Vec<PathBuf>,
+    out: &Path,
+    device: &str,
+) -> Result<PathBuf> {
+    let spec: DeviceSpec = device.parse()?;
+    run_on(
+        spec,
+        ImportTask {
+            recipe,
+            checkpoints,
+            out: out.to_path_buf(),
+        },
+    )?
 }
 
 /// `detclip train`.

@@ -183,6 +183,26 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
         Ok(model)
     }
 
+    /// Loads the method's officially released weights (`checkpoints`: the files the method
+    /// releases, in the order its recipe documents) into a freshly built `model`, for
+    /// `detclip import`. A missing, unexpected or mis-shaped key is a
+    /// [`DetError::Checkpoint`] listing them. The default: the recipe has no official
+    /// checkpoint format.
+    fn import_official<B: Backend>(
+        &self,
+        _model: Self::Model<B>,
+        _checkpoints: &[std::path::PathBuf],
+        _device: &B::Device,
+    ) -> Result<Self::Model<B>> {
+        Err(DetError::InvalidOption {
+            op: "import",
+            why: format!(
+                "recipe `{}` has no official checkpoint format to import",
+                Self::NAME
+            ),
+        })
+    }
+
     /// Checks the config beyond what its types say (positive sizes, consistent settings).
     fn validate(&self) -> Result<()> {
         self.learner().validate()?;

@@ -9,6 +9,7 @@
 //! detclip train --recipe NAME [--config FILE] [--data FILE] [--device auto] [--out DIR] [--resume]
 //! detclip detect --checkpoint C --image PATH|DIR --prompt "cat. dog." [--threshold 0.3] [--out DIR]
 //! detclip demo [--out DIR] [--device cpu] [--steps N]
+//! detclip import --recipe NAME --checkpoint OFFICIAL [--checkpoint …] [--config FILE] --out DIR
 //! detclip regionspot cache [--config FILE | --checkpoint C] --out DIR [--device auto]
 //! detclip vild precompute --annotations GT.json --images DIR --detector MASKRCNN.pth --clip CLIP
 //!     [--clip-model vit-b-32] [--clip-layout hf|openai] [--out DIR] [--proposals 300]
@@ -101,6 +102,25 @@ enum Command {
         out: PathBuf,
         /// cpu | ndarray | wgpu[:N] | cuda[:N] | auto
         #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Turn an official checkpoint into a run folder (config.json, checkpoint.bin at step 0).
+    Import {
+        /// The recipe (`glip`: the released GLIP .pth; `regionspot`: the official RegionSpot
+        /// .pth, or SAM's then CLIP's).
+        #[arg(long)]
+        recipe: String,
+        /// The official file(s), .pth or .safetensors; repeat for several.
+        #[arg(long, required = true)]
+        checkpoint: Vec<PathBuf>,
+        /// The recipe's config with the checkpoint's sizes (default: the recipe's preset).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The run folder to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// cpu | ndarray | wgpu[:N] | cuda[:N] | auto
+        #[arg(long, default_value = "cpu")]
         device: String,
     },
     /// ViLD tools.
@@ -493,6 +513,23 @@ fn main() -> ExitCode {
             Err(e) => fail("regionspot cache", e),
         },
         Command::Vild { what } => run_vild(what),
+        Command::Import {
+            recipe,
+            checkpoint,
+            config,
+            out,
+            device,
+        } => {
+            let imported = AnyRecipe::load(&recipe, config.as_deref())
+                .and_then(|r| commands::import_command(r, checkpoint, &out, &device));
+            match imported {
+                Ok(path) => {
+                    println!("imported into {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("import", e),
+            }
+        }
         Command::Check { device, seed, json } => {
             let result = device
                 .parse::<DeviceSpec>()

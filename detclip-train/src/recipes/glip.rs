@@ -582,6 +582,37 @@ impl Recipe for GlipRecipe {
         &self.data
     }
 
+    /// One file: a released GLIP checkpoint (maskrcnn-benchmark's `{"model": state_dict}`
+    /// `.pth`, or its state dict as safetensors) read through
+    /// [`glip_keys`](detclip_models::glip::glip_keys) into the detector; the prompt-tuning
+    /// table stays zero (a prompt-tuned checkpoint's `rpn.tunable_linear.weight` is refused
+    /// as unexpected). The config must have the checkpoint's sizes, BERT's word-piece count
+    /// included.
+    fn import_official<B: Backend>(
+        &self,
+        mut model: GlipDetector<B>,
+        checkpoints: &[std::path::PathBuf],
+        _device: &B::Device,
+    ) -> Result<GlipDetector<B>> {
+        let [path] = checkpoints else {
+            return Err(DetError::InvalidOption {
+                op: "import",
+                why: format!(
+                    "recipe `glip` imports one checkpoint (the released GLIP .pth), got {}",
+                    checkpoints.len()
+                ),
+            });
+        };
+        let safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        let options = detclip_models::import::LoadOptions {
+            top_level_key: (!safetensors).then(|| "model".to_string()),
+            ..Default::default()
+        };
+        let keys = detclip_models::glip::glip_keys(self.model.num_layers);
+        detclip_models::import::load_checkpoint(&mut model.glip, path, &keys, &options)?;
+        Ok(model)
+    }
+
     fn param_group(path: &[String]) -> ParamGroup {
         let at = |i: usize| path.get(i).map(String::as_str);
         match (at(0), at(1)) {

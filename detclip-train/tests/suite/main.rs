@@ -13,6 +13,7 @@ mod data_flag;
 mod detclipv2;
 mod eval_set;
 mod glip;
+mod import_official;
 mod learner;
 mod regionspot;
 mod sampler;

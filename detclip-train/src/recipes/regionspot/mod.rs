@@ -580,6 +580,40 @@ impl Recipe for RegionSpotRecipe {
         }
     }
 
+    /// One file: an official RegionSpot checkpoint (`regionspot_{bb,bl,bl_336}.pth`: SAM, CLIP
+    /// and the trained module, read through
+    /// [`regionspot_keys`](detclip_models::regionspot::regionspot_keys)); or two: SAM's and
+    /// CLIP's official weights (as [`FrozenWeights`]), the module left as built. SAM and CLIP
+    /// are frozen either way.
+    fn import_official<B: Backend>(
+        &self,
+        mut model: RegionSpot<B>,
+        checkpoints: &[PathBuf],
+        _device: &B::Device,
+    ) -> Result<RegionSpot<B>> {
+        match checkpoints {
+            [full] => Ok(detclip_models::regionspot::load_regionspot(model, full)?.0),
+            [sam, clip] => {
+                load_checkpoint(&mut model.sam, sam, &sam_keys(), &LoadOptions::default())?;
+                load_checkpoint(
+                    &mut model.clip,
+                    clip,
+                    &detclip_models::clip::openai_clip_keys(),
+                    &LoadOptions::default(),
+                )?;
+                Ok(model.freeze())
+            }
+            _ => Err(DetError::InvalidOption {
+                op: "import",
+                why: format!(
+                    "recipe `regionspot` imports one checkpoint (official RegionSpot) or two \
+                     (SAM, then CLIP), got {}",
+                    checkpoints.len()
+                ),
+            }),
+        }
+    }
+
     fn prepare<B: DetclipAutodiffBackend>(
         &self,
         mut model: RegionSpot<B>,
