@@ -28,7 +28,7 @@ backend_test! {
         let recipe = GlipRecipe::tiny();
         let official = fixture("glip_tiny_official_v131.pth");
         let out = scratch("import-glip").join("run");
-        let path = locked(|| import_checkpoint::<_, B>(&recipe, &[official.clone()], &out, device)).unwrap();
+        let path = locked(|| import_checkpoint::<_, B>(&recipe, std::slice::from_ref(&official), &out, device)).unwrap();
         let ckpt = Checkpoint::read(&path).unwrap();
         assert_eq!((ckpt.header.recipe.as_str(), ckpt.header.step), ("glip", 0));
         assert!(RunFiles::of(&out).config.exists());
