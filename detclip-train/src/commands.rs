@@ -11,6 +11,7 @@ use detclip_core::{DetError, Result};
 
 use crate::detect::{DetectReport, detect_and_write, image_samples, parse_prompt};
 use crate::evaluate::EvalReport;
+use crate::import::import_checkpoint;
 use crate::learner::{Checkpoint, EvalSet, RunOptions, RunSummary, load_trained, train};
 use crate::recipe::{Recipe, read_config};
 use crate::recipes::regionspot::{CacheReport, cache_features};
@@ -77,6 +78,18 @@ impl AnyRecipe {
     }
 }
 
+impl AnyRecipe {
+    /// This recipe with its data block replaced (`detclip train --data FILE`).
+    pub fn with_data(self, data: crate::data::DataConfig) -> Result<Self> {
+        Ok(match self {
+            AnyRecipe::Shapes(r) => AnyRecipe::Shapes(r.with_data(data)?),
+            AnyRecipe::RegionSpot(r) => AnyRecipe::RegionSpot(r.with_data(data)?),
+            AnyRecipe::DetClipV2(r) => AnyRecipe::DetClipV2(r.with_data(data)?),
+            AnyRecipe::Glip(r) => AnyRecipe::Glip(r.with_data(data)?),
+        })
+    }
+}
+
 struct TrainTask {
     recipe: AnyRecipe,
     options: RunOptions,
@@ -93,6 +106,44 @@ impl BackendTask for TrainTask {
             AnyRecipe::Vild(r) => train::<_, B>(r, &device, &self.options),
         }
     }
+}
+
+struct ImportTask {
+    recipe: AnyRecipe,
+    checkpoints: Vec<PathBuf>,
+    out: PathBuf,
+}
+
+impl BackendTask for ImportTask {
+    type Output = Result<PathBuf>;
+    fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let (c, o) = (&self.checkpoints, &self.out);
+        match &self.recipe {
+            AnyRecipe::Shapes(r) => import_checkpoint::<_, B>(r, c, o, &device),
+            AnyRecipe::RegionSpot(r) => import_checkpoint::<_, B>(r, c, o, &device),
+            AnyRecipe::DetClipV2(r) => import_checkpoint::<_, B>(r, c, o, &device),
+            AnyRecipe::Glip(r) => import_checkpoint::<_, B>(r, c, o, &device),
+        }
+    }
+}
+
+/// `detclip import`: an official checkpoint (or the several files a recipe's release has) as
+/// a run folder `out` with `config.json` and `checkpoint.bin` at step 0.
+pub fn import_command(
+    recipe: AnyRecipe,
+    checkpoints: Vec<PathBuf>,
+    out: &Path,
+    device: &str,
+) -> Result<PathBuf> {
+    let spec: DeviceSpec = device.parse()?;
+    run_on(
+        spec,
+        ImportTask {
+            recipe,
+            checkpoints,
+            out: out.to_path_buf(),
+        },
+    )?
 }
 
 /// `detclip train`.
@@ -216,9 +267,12 @@ impl BackendTask for DemoTask {
             .data
             .eval
             .as_ref()
-            .map(|c| c.world())
-            .transpose()?
-            .expect("checked above");
+            .and_then(|e| e.synthetic())
+            .ok_or_else(|| DetError::InvalidOption {
+                op: "demo",
+                why: "the demo recipe's evaluation set is not synthetic".into(),
+            })?
+            .world()?;
         let samples: Vec<_> = (0..8).map(|i| world.image(Split::Test, i).sample).collect();
         let pictures = detect_and_write(
             &recipe,

@@ -156,14 +156,105 @@ pub struct SourceConfig {
     pub flip_prob: f64,
 }
 
+/// The evaluation set of a run.
+///
+/// JSON: `{"synthetic": {…}}` (a [`SyntheticConfig`]: its test split, whose held-out concepts
+/// are the world's) or `{"coco": {…}}` (a [`CocoEvalConfig`]: a COCO or LVIS instances json).
+/// A bare synthetic object, as configs written before the COCO option have it, is read as
+/// `{"synthetic": …}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalConfig {
+    /// The test split of a synthetic world.
+    Synthetic(SyntheticConfig),
+    /// A COCO-format instances json (COCO, LVIS, Objects365) and its image folder.
+    Coco(CocoEvalConfig),
+}
+
+impl From<SyntheticConfig> for EvalConfig {
+    fn from(c: SyntheticConfig) -> Self {
+        EvalConfig::Synthetic(c)
+    }
+}
+
+impl EvalConfig {
+    /// The synthetic world's settings, when the set is synthetic.
+    pub fn synthetic(&self) -> Option<&SyntheticConfig> {
+        match self {
+            EvalConfig::Synthetic(s) => Some(s),
+            EvalConfig::Coco(_) => None,
+        }
+    }
+}
+
+/// The tagged form of [`EvalConfig`] (what `Deserialize` reads after the legacy check).
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum TaggedEval {
+    Synthetic(SyntheticConfig),
+    Coco(CocoEvalConfig),
+}
+
+impl<'de> Deserialize<'de> for EvalConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let tagged = value
+            .as_object()
+            .is_some_and(|o| o.len() == 1 && o.keys().all(|k| k == "synthetic" || k == "coco"));
+        if tagged {
+            return match serde_json::from_value::<TaggedEval>(value).map_err(D::Error::custom)? {
+                TaggedEval::Synthetic(s) => Ok(EvalConfig::Synthetic(s)),
+                TaggedEval::Coco(c) => Ok(EvalConfig::Coco(c)),
+            };
+        }
+        serde_json::from_value::<SyntheticConfig>(value)
+            .map(EvalConfig::Synthetic)
+            .map_err(|e| {
+                D::Error::custom(format!(
+                    "the eval set is {{\"synthetic\": {{…}}}} or {{\"coco\": {{…}}}}; read as a \
+                     synthetic world: {e}"
+                ))
+            })
+    }
+}
+
+/// An evaluation set read from a COCO-format instances json.
+///
+/// Every category of the file is in the vocabulary the detector is prompted with (its name
+/// with `_` read as a space, as [`detclip_core::data::Category::concept_name`]); AP is computed
+/// by `detclip_core`'s COCO evaluator against the file's own ground truth, over all
+/// categories, the seen ones and the held-out ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CocoEvalConfig {
+    /// The annotation file.
+    pub annotations: PathBuf,
+    /// The image folder (`file_name`s are relative to it).
+    pub images: PathBuf,
+    /// Names of the categories held out of training (as the file spells them, or with `_`
+    /// read as a space).
+    #[serde(default)]
+    pub held_out: Vec<String>,
+    /// Also hold out the categories whose LVIS `frequency` is `"r"` (the open-vocabulary LVIS
+    /// protocol: rare categories are the novel ones).
+    #[serde(default)]
+    pub held_out_rare: bool,
+    /// Evaluate the first this many images of the file only (a quicker periodic evaluation).
+    #[serde(default)]
+    pub max_images: Option<usize>,
+}
+
 /// The training sources and the evaluation set of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// The sources; each iteration draws one by weight.
     pub sources: Vec<SourceConfig>,
-    /// The evaluation set (synthetic test split), if any.
-    pub eval: Option<SyntheticConfig>,
+    /// The evaluation set, if any: the synthetic world's test split or a COCO-format file.
+    pub eval: Option<EvalConfig>,
     /// Batches are padded to a multiple of this.
     pub size_divisor: usize,
 }
@@ -177,6 +268,11 @@ impl DataConfig {
         }
         if self.size_divisor == 0 {
             return bad("size_divisor must be positive".into());
+        }
+        if let Some(EvalConfig::Coco(c)) = &self.eval
+            && c.max_images == Some(0)
+        {
+            return bad("eval: max_images must be positive".into());
         }
         for s in &self.sources {
             if s.batch_size == 0 || s.short_sides.is_empty() || s.short_sides.contains(&0) {

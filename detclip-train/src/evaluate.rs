@@ -1,15 +1,189 @@
 //! Evaluation during and after training: a recipe's detections on a set of samples, scored
 //! with `detclip_core::eval`'s COCO evaluator (pycocotools parity), over all concepts and over
 //! the seen and held-out ones separately.
+//!
+//! An [`EvalSet`] is the synthetic world's test split (ground truth built from its samples) or
+//! a COCO-format instances json (scored against the file's own ground truth: its image and
+//! category ids, areas and crowd flags).
 
-use detclip_core::Result;
-use detclip_core::data::{Loaded, Orientation, Sample, collate};
+use std::collections::HashSet;
+use std::path::Path;
+
+use detclip_core::data::synthetic::Split;
+use detclip_core::data::{
+    Frequency, Loaded, OnError, Orientation, ReadOptions, Sample, collate, read_coco,
+};
 use detclip_core::eval::json::{GtAnnotation, GtCategory, GtImage};
 use detclip_core::eval::{CocoStats, Detection, GroundTruth, evaluate_coco};
 use detclip_core::ext::DetclipOps;
+use detclip_core::{DetError, Result};
 use serde::Serialize;
 
+use crate::data::{CocoEvalConfig, EvalConfig, SyntheticConfig};
 use crate::recipe::{Detected, Recipe};
+
+/// The evaluation set: samples, the vocabulary they are scored on, and which concepts were
+/// held out of training.
+#[derive(Debug, Clone)]
+pub struct EvalSet {
+    /// The samples.
+    pub samples: Vec<Sample>,
+    /// Every concept name.
+    pub vocabulary: Vec<String>,
+    /// The held-out names.
+    pub held_out: Vec<String>,
+    /// For a set read from a file: its own ground truth and ids. `None`: the ground truth is
+    /// built from the samples ([`ground_truth`]).
+    pub truth: Option<FileTruth>,
+}
+
+/// The ground truth of an annotation file, and how the set's samples and vocabulary map to
+/// its ids.
+#[derive(Debug, Clone)]
+pub struct FileTruth {
+    /// The file's ground truth (restricted to the set's images).
+    pub ground_truth: GroundTruth,
+    /// The image id of each sample.
+    pub image_ids: Vec<i64>,
+    /// The category id of each vocabulary entry.
+    pub category_ids: Vec<i64>,
+}
+
+impl EvalSet {
+    /// The evaluation set a recipe's data config names, if any.
+    pub fn of<R: Recipe>(recipe: &R) -> Result<Option<Self>> {
+        recipe
+            .data()
+            .eval
+            .as_ref()
+            .map(Self::from_config)
+            .transpose()
+    }
+
+    /// The set `config` describes (files are read and checked here).
+    pub fn from_config(config: &EvalConfig) -> Result<Self> {
+        match config {
+            EvalConfig::Synthetic(c) => Self::synthetic(c),
+            EvalConfig::Coco(c) => Self::coco(c),
+        }
+    }
+
+    /// The test split of a synthetic world; the held-out concepts are the world's.
+    pub fn synthetic(config: &SyntheticConfig) -> Result<Self> {
+        let world = config.world()?;
+        Ok(Self {
+            samples: config.samples(Split::Test)?,
+            vocabulary: world.vocabulary(Split::Test),
+            held_out: world.held_out_vocabulary(),
+            truth: None,
+        })
+    }
+
+    /// A COCO-format instances json and its images.
+    pub fn coco(config: &CocoEvalConfig) -> Result<Self> {
+        for (path, what) in [
+            (&config.annotations, "annotation file"),
+            (&config.images, "image folder"),
+        ] {
+            if !path.exists() {
+                return Err(DetError::Io {
+                    path: path.display().to_string(),
+                    msg: format!("the evaluation set's {what} does not exist"),
+                });
+            }
+        }
+        let options = ReadOptions::default().on_error(OnError::Stop);
+        let dataset = read_coco(&config.annotations, &config.images, options)?;
+        let mut samples = dataset.samples;
+        if let Some(n) = config.max_images {
+            samples.truncate(n);
+        }
+        let image_ids = samples
+            .iter()
+            .map(|s| image_id(s, &config.annotations))
+            .collect::<Result<Vec<_>>>()?;
+        let vocabulary: Vec<String> = dataset
+            .categories
+            .iter()
+            .map(|c| c.concept_name())
+            .collect();
+        let category_ids = dataset.categories.iter().map(|c| c.id as i64).collect();
+        let held_out = held_out_names(config, &dataset.categories)?;
+        let mut ground_truth = GroundTruth::from_file(&config.annotations)?;
+        let kept: HashSet<i64> = image_ids.iter().copied().collect();
+        ground_truth.images.retain(|i| kept.contains(&i.id));
+        ground_truth
+            .annotations
+            .retain(|a| kept.contains(&a.image_id));
+        Ok(Self {
+            samples,
+            vocabulary,
+            held_out,
+            truth: Some(FileTruth {
+                ground_truth,
+                image_ids,
+                category_ids,
+            }),
+        })
+    }
+}
+
+/// A COCO sample's image id (its key).
+fn image_id(sample: &Sample, file: &Path) -> Result<i64> {
+    sample.key.parse().map_err(|_| DetError::InvalidOption {
+        op: "eval",
+        why: format!(
+            "{}: image key `{}` is not an id",
+            file.display(),
+            sample.key
+        ),
+    })
+}
+
+/// The held-out vocabulary entries: the named categories and, when asked, the rare ones.
+fn held_out_names(
+    config: &CocoEvalConfig,
+    categories: &[detclip_core::data::Category],
+) -> Result<Vec<String>> {
+    let unknown: Vec<&String> = config
+        .held_out
+        .iter()
+        .filter(|n| {
+            !categories
+                .iter()
+                .any(|c| &c.name == *n || &c.concept_name() == *n)
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(DetError::InvalidOption {
+            op: "eval",
+            why: format!(
+                "{}: held-out categories not in the file: {unknown:?}",
+                config.annotations.display()
+            ),
+        });
+    }
+    if config.held_out_rare && categories.iter().all(|c| c.frequency.is_none()) {
+        return Err(DetError::InvalidOption {
+            op: "eval",
+            why: format!(
+                "{}: held_out_rare needs LVIS category frequencies, and the file has none",
+                config.annotations.display()
+            ),
+        });
+    }
+    Ok(categories
+        .iter()
+        .filter(|c| {
+            config
+                .held_out
+                .iter()
+                .any(|n| n == &c.name || n == &c.concept_name())
+                || (config.held_out_rare && c.frequency == Some(Frequency::Rare))
+        })
+        .map(|c| c.concept_name())
+        .collect())
+}
 
 /// Runs the recipe's inference on `samples` in batches of `batch_size`; boxes come back in
 /// each sample's own pixel frame.
@@ -167,6 +341,58 @@ pub fn evaluate(
             None
         } else {
             Some(coco_ap(samples, dets, vocabulary, &held)?)
+        },
+    })
+}
+
+/// Scores detections of an evaluation set (one list per sample, labels indexing its
+/// vocabulary): all concepts, the seen ones and the held-out ones.
+pub fn evaluate_set(set: &EvalSet, dets: &[Vec<Detected>]) -> Result<EvalReport> {
+    let Some(truth) = &set.truth else {
+        return evaluate(&set.samples, dets, &set.vocabulary, &set.held_out);
+    };
+    let all: Vec<Detection> = dets
+        .iter()
+        .zip(&truth.image_ids)
+        .flat_map(|(ds, &image_id)| {
+            ds.iter().map(move |d| {
+                let [x1, y1, x2, y2] = d.bbox.map(f64::from);
+                Detection {
+                    image_id,
+                    category_id: truth.category_ids[d.label],
+                    bbox: [x1, y1, (x2 - x1).max(0.0), (y2 - y1).max(0.0)],
+                    score: d.score as f64,
+                }
+            })
+        })
+        .collect();
+    let (mut held, mut seen) = (Vec::new(), Vec::new());
+    for (name, &id) in set.vocabulary.iter().zip(&truth.category_ids) {
+        if set.held_out.contains(name) {
+            held.push(id);
+        } else {
+            seen.push(id);
+        }
+    }
+    let score = |keep: &[i64]| -> Result<CocoStats> {
+        let keep: HashSet<i64> = keep.iter().copied().collect();
+        let mut gt = truth.ground_truth.clone();
+        gt.categories.retain(|c| keep.contains(&c.id));
+        gt.annotations.retain(|a| keep.contains(&a.category_id));
+        let dts: Vec<Detection> = all
+            .iter()
+            .filter(|d| keep.contains(&d.category_id))
+            .cloned()
+            .collect();
+        Ok(evaluate_coco(&gt, &dts)?.stats)
+    };
+    Ok(EvalReport {
+        all: evaluate_coco(&truth.ground_truth, &all)?.stats,
+        seen: score(&seen)?,
+        held_out: if held.is_empty() {
+            None
+        } else {
+            Some(score(&held)?)
         },
     })
 }

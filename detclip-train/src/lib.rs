@@ -15,6 +15,7 @@
 //! - [`draw`]: boxes, labels and plots drawn into images
 //! - [`vild`]: `detclip vild precompute` — CLIP teacher embeddings of the proposals, in
 //!   resumable shards
+//! - [`import`]: `detclip import` — an official checkpoint as a run folder of ours
 //! - [`check`], [`eval_cli`]: `detclip check` and `detclip eval`
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod detect;
 pub mod draw;
 pub mod eval_cli;
 pub mod evaluate;
+pub mod import;
 pub mod learner;
 pub mod recipe;
 pub mod recipes;

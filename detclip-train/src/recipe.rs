@@ -183,10 +183,51 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
         Ok(model)
     }
 
+    /// Loads the method's officially released weights (`checkpoints`: the files the method
+    /// releases, in the order its recipe documents) into a freshly built `model`, for
+    /// `detclip import`. A missing, unexpected or mis-shaped key is a
+    /// [`DetError::Checkpoint`] listing them. The default: the recipe has no official
+    /// checkpoint format.
+    fn import_official<B: Backend>(
+        &self,
+        _model: Self::Model<B>,
+        _checkpoints: &[std::path::PathBuf],
+        _device: &B::Device,
+    ) -> Result<Self::Model<B>> {
+        Err(DetError::InvalidOption {
+            op: "import",
+            why: format!(
+                "recipe `{}` has no official checkpoint format to import",
+                Self::NAME
+            ),
+        })
+    }
+
     /// Checks the config beyond what its types say (positive sizes, consistent settings).
     fn validate(&self) -> Result<()> {
         self.learner().validate()?;
         self.data().validate()
+    }
+
+    /// This config with its data block (sources and evaluation set) replaced by `data`
+    /// (`detclip train --data FILE`). The default swaps the `data` field of the config's
+    /// JSON, which every recipe whose [`Recipe::data`] is a field named `data` fits; the
+    /// result is validated.
+    fn with_data(&self, data: DataConfig) -> Result<Self> {
+        let mut json = serde_json::to_value(self).expect("a recipe serialises");
+        let slot = json
+            .get_mut("data")
+            .ok_or_else(|| DetError::InvalidOption {
+                op: "train --data",
+                why: format!("recipe `{}` has no `data` block to replace", Self::NAME),
+            })?;
+        *slot = serde_json::to_value(&data).expect("a data config serialises");
+        let recipe: Self = serde_json::from_value(json).map_err(|e| DetError::InvalidOption {
+            op: "train --data",
+            why: format!("the data block does not fit recipe `{}`: {e}", Self::NAME),
+        })?;
+        recipe.validate()?;
+        Ok(recipe)
     }
 }
 
@@ -201,6 +242,23 @@ pub fn parse_config<R: Recipe>(text: &str, file: &str) -> Result<R> {
     })?;
     recipe.validate()?;
     Ok(recipe)
+}
+
+/// Reads a data block (`detclip train --data FILE`): a [`DataConfig`] as JSON, unknown fields
+/// and wrong types refused with file, line and column, values checked.
+pub fn read_data_config(path: &std::path::Path) -> Result<DataConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| DetError::Io {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    let data: DataConfig = serde_json::from_str(&text).map_err(|e| DetError::Json {
+        file: path.display().to_string(),
+        line: e.line(),
+        column: e.column(),
+        msg: e.to_string(),
+    })?;
+    data.validate()?;
+    Ok(data)
 }
 
 /// Reads a recipe config file.

@@ -6,9 +6,10 @@
 //! detclip eval lvis --gt GT.json --dt DETECTIONS.json [--json] [--per-category]
 //! detclip eval odinw --config LIST.json [--json]
 //! detclip eval grounding --input PHRASES.json [--k 1,5,10] [--iou 0.5] [--json]
-//! detclip train --recipe NAME [--config FILE] [--device auto] [--out DIR] [--resume]
+//! detclip train --recipe NAME [--config FILE] [--data FILE] [--device auto] [--out DIR] [--resume]
 //! detclip detect --checkpoint C --image PATH|DIR --prompt "cat. dog." [--threshold 0.3] [--out DIR]
 //! detclip demo [--out DIR] [--device cpu] [--steps N]
+//! detclip import --recipe NAME --checkpoint OFFICIAL [--checkpoint …] [--config FILE] --out DIR
 //! detclip regionspot cache [--config FILE | --checkpoint C] --out DIR [--device auto]
 //! detclip vild precompute --annotations GT.json --images DIR --detector MASKRCNN.pth --clip CLIP
 //!     [--clip-model vit-b-32] [--clip-layout hf|openai] [--out DIR] [--proposals 300]
@@ -69,6 +70,9 @@ enum Command {
         /// The recipe's config as JSON (default: the recipe's preset).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// A data block as JSON (sources, eval, size_divisor) that replaces the config's.
+        #[arg(long)]
+        data: Option<PathBuf>,
         /// cpu | ndarray | wgpu[:N] | cuda[:N] | auto
         #[arg(long, default_value = "auto")]
         device: String,
@@ -98,6 +102,25 @@ enum Command {
         out: PathBuf,
         /// cpu | ndarray | wgpu[:N] | cuda[:N] | auto
         #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Turn an official checkpoint into a run folder (config.json, checkpoint.bin at step 0).
+    Import {
+        /// The recipe (`glip`: the released GLIP .pth; `regionspot`: the official RegionSpot
+        /// .pth, or SAM's then CLIP's).
+        #[arg(long)]
+        recipe: String,
+        /// The official file(s), .pth or .safetensors; repeat for several.
+        #[arg(long, required = true)]
+        checkpoint: Vec<PathBuf>,
+        /// The recipe's config with the checkpoint's sizes (default: the recipe's preset).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The run folder to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// cpu | ndarray | wgpu[:N] | cuda[:N] | auto
+        #[arg(long, default_value = "cpu")]
         device: String,
     },
     /// ViLD tools.
@@ -363,11 +386,16 @@ fn print_ap(what: &str, s: &detclip_core::eval::CocoStats) {
 fn run_train(
     recipe: &str,
     config: Option<PathBuf>,
+    data: Option<PathBuf>,
     device: &str,
     out: PathBuf,
     resume: bool,
 ) -> ExitCode {
-    let recipe = match AnyRecipe::load(recipe, config.as_deref()) {
+    let recipe = AnyRecipe::load(recipe, config.as_deref()).and_then(|r| match &data {
+        Some(path) => r.with_data(detclip_train::recipe::read_data_config(path)?),
+        None => Ok(r),
+    });
+    let recipe = match recipe {
         Ok(r) => r,
         Err(e) => return fail("train", e),
     };
@@ -428,10 +456,11 @@ fn main() -> ExitCode {
         Command::Train {
             recipe,
             config,
+            data,
             device,
             out,
             resume,
-        } => run_train(&recipe, config, &device, out, resume),
+        } => run_train(&recipe, config, data, &device, out, resume),
         Command::Detect {
             checkpoint,
             image,
@@ -484,6 +513,23 @@ fn main() -> ExitCode {
             Err(e) => fail("regionspot cache", e),
         },
         Command::Vild { what } => run_vild(what),
+        Command::Import {
+            recipe,
+            checkpoint,
+            config,
+            out,
+            device,
+        } => {
+            let imported = AnyRecipe::load(&recipe, config.as_deref())
+                .and_then(|r| commands::import_command(r, checkpoint, &out, &device));
+            match imported {
+                Ok(path) => {
+                    println!("imported into {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("import", e),
+            }
+        }
         Command::Check { device, seed, json } => {
             let result = device
                 .parse::<DeviceSpec>()

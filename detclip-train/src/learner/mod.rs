@@ -33,8 +33,6 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
-use detclip_core::data::Sample;
-use detclip_core::data::synthetic::Split;
 use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_core::{DetError, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -42,7 +40,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{JointSampler, Source};
 use crate::draw::{Curve, plot};
-use crate::evaluate::{EvalReport, evaluate, predict};
+pub use crate::evaluate::EvalSet;
+use crate::evaluate::{EvalReport, evaluate_set, predict};
 use crate::recipe::{ParamGroup, Recipe};
 
 /// The learner's settings.
@@ -173,33 +172,6 @@ pub struct RunSummary {
     pub eval: Option<EvalReport>,
     /// Wall-clock seconds.
     pub seconds: f64,
-}
-
-/// The evaluation set: samples, the vocabulary they are scored on, and which concepts were
-/// held out of training.
-#[derive(Debug, Clone)]
-pub struct EvalSet {
-    /// The samples.
-    pub samples: Vec<Sample>,
-    /// Every concept name.
-    pub vocabulary: Vec<String>,
-    /// The held-out names.
-    pub held_out: Vec<String>,
-}
-
-impl EvalSet {
-    /// The synthetic test split a recipe's data config names, if any.
-    pub fn of<R: Recipe>(recipe: &R) -> Result<Option<Self>> {
-        let Some(cfg) = &recipe.data().eval else {
-            return Ok(None);
-        };
-        let world = cfg.world()?;
-        Ok(Some(Self {
-            samples: cfg.samples(Split::Test)?,
-            vocabulary: world.vocabulary(Split::Test),
-            held_out: world.held_out_vocabulary(),
-        }))
-    }
 }
 
 type Rec = BinBytesRecorder<FullPrecisionSettings>;
@@ -569,7 +541,7 @@ pub fn evaluate_model<R: Recipe, B: DetclipOps>(
         batch_size,
         device,
     )?;
-    evaluate(&set.samples, &dets, &set.vocabulary, &set.held_out)
+    evaluate_set(set, &dets)
 }
 
 /// Loads a trained model from a checkpoint, checking that `recipe` made it.

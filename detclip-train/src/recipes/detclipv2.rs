@@ -116,7 +116,7 @@ impl DetClipV2Recipe {
             },
             data: DataConfig {
                 sources: vec![detection, grounding, captions],
-                eval: Some(world(3, 150, SourceKind::Grounding, SyntheticSplit::Test)),
+                eval: Some(world(3, 150, SourceKind::Grounding, SyntheticSplit::Test).into()),
                 size_divisor: 32,
             },
             learner: {
@@ -158,7 +158,7 @@ impl DetClipV2Recipe {
             s.max_long = Some(96);
             s.batch_size = s.batch_size.min(4);
         }
-        if let Some(e) = &mut r.data.eval {
+        if let Some(crate::data::EvalConfig::Synthetic(e)) = &mut r.data.eval {
             e.images = 4;
             e.min_side = 64;
             e.max_side = 80;

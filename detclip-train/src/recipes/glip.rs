@@ -281,7 +281,7 @@ impl GlipRecipe {
                         1.0,
                     ),
                 ],
-                eval: Some(synthetic(3, 150, (112, 160), SourceKind::Grounding)),
+                eval: Some(synthetic(3, 150, (112, 160), SourceKind::Grounding).into()),
                 size_divisor: 32,
             },
             learner: {
@@ -318,7 +318,7 @@ impl GlipRecipe {
             s.max_long = Some(96);
             s.batch_size = 2;
         }
-        r.data.eval = Some(synthetic(3, 4, (64, 80), SourceKind::Grounding));
+        r.data.eval = Some(synthetic(3, 4, (64, 80), SourceKind::Grounding).into());
         r.learner.steps = 30;
         r.learner.schedule.warmup_steps = 3;
         r.learner.checkpoint_every = 10;
@@ -558,6 +558,37 @@ impl Recipe for GlipRecipe {
 
     fn data(&self) -> &DataConfig {
         &self.data
+    }
+
+    /// One file: a released GLIP checkpoint (maskrcnn-benchmark's `{"model": state_dict}`
+    /// `.pth`, or its state dict as safetensors) read through
+    /// [`glip_keys`](detclip_models::glip::glip_keys) into the detector; the prompt-tuning
+    /// table stays zero (a prompt-tuned checkpoint's `rpn.tunable_linear.weight` is refused
+    /// as unexpected). The config must have the checkpoint's sizes, BERT's word-piece count
+    /// included.
+    fn import_official<B: Backend>(
+        &self,
+        mut model: GlipDetector<B>,
+        checkpoints: &[std::path::PathBuf],
+        _device: &B::Device,
+    ) -> Result<GlipDetector<B>> {
+        let [path] = checkpoints else {
+            return Err(DetError::InvalidOption {
+                op: "import",
+                why: format!(
+                    "recipe `glip` imports one checkpoint (the released GLIP .pth), got {}",
+                    checkpoints.len()
+                ),
+            });
+        };
+        let safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        let options = detclip_models::import::LoadOptions {
+            top_level_key: (!safetensors).then(|| "model".to_string()),
+            ..Default::default()
+        };
+        let keys = detclip_models::glip::glip_keys(self.model.num_layers);
+        detclip_models::import::load_checkpoint(&mut model.glip, path, &keys, &options)?;
+        Ok(model)
     }
 
     fn param_group(path: &[String]) -> ParamGroup {

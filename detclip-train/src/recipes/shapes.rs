@@ -168,7 +168,7 @@ impl ShapesRecipe {
                         flip_prob: 0.5,
                     },
                 ],
-                eval: Some(world(3, 150, SourceKind::Grounding)),
+                eval: Some(world(3, 150, SourceKind::Grounding).into()),
                 size_divisor: 32,
             },
             learner: LearnerConfig::adamw(400, 3e-3),
@@ -195,7 +195,7 @@ impl ShapesRecipe {
             s.max_long = Some(96);
             s.batch_size = 2;
         }
-        r.data.eval = Some(tiny_world(3, 4));
+        r.data.eval = Some(tiny_world(3, 4).into());
         r.learner.steps = 30;
         r.learner.schedule.warmup_steps = 3;
         r.learner.checkpoint_every = 10;

@@ -308,10 +308,13 @@ impl VildRecipe {
                     source("base", 1, SyntheticSplit::Train),
                     source("unannotated-novel", 2, SyntheticSplit::Test),
                 ],
-                eval: Some(SyntheticConfig {
-                    kind: SourceKind::Grounding,
-                    ..world(3, 150, 112, 160)
-                }),
+                eval: Some(
+                    SyntheticConfig {
+                        kind: SourceKind::Grounding,
+                        ..world(3, 150, 112, 160)
+                    }
+                    .into(),
+                ),
                 size_divisor: 32,
             },
             learner: {
@@ -367,12 +370,15 @@ impl VildRecipe {
             s.batch_size = 2;
             s.flip_prob = 0.0;
         }
-        r.data.eval = Some(SyntheticConfig {
-            kind: SourceKind::Grounding,
-            max_objects: 2,
-            min_object: 16,
-            ..world(3, 4, 64, 80)
-        });
+        r.data.eval = Some(
+            SyntheticConfig {
+                kind: SourceKind::Grounding,
+                max_objects: 2,
+                min_object: 16,
+                ..world(3, 4, 64, 80)
+            }
+            .into(),
+        );
         r.test.short_side = 64;
         r.test.max_long = Some(96);
         r.learner.steps = 30;

@@ -153,7 +153,7 @@ backend_test! {
         recipe.test.max_detections = 10_000;
         recipe.test.pre_nms_top_k = 100_000;
         recipe.test.nms_iou = 1.0;
-        let eval = recipe.data.eval.clone().unwrap();
+        let eval = recipe.data.eval.as_ref().and_then(|e| e.synthetic()).unwrap();
         let world = eval.world().unwrap();
         let vocabulary = world.vocabulary(detclip_core::data::synthetic::Split::Test);
         // 42 concepts do not fit one 32-token prompt.

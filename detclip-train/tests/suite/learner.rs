@@ -114,7 +114,7 @@ backend_test! {
         }
         let (recipe, model) =
             locked(|| load_trained::<ShapesRecipe, B::InnerBackend>(&RunFiles::of(&out.join("run")).checkpoint, device)).unwrap();
-        let eval = recipe.data.eval.clone().unwrap();
+        let eval = recipe.data.eval.as_ref().and_then(|e| e.synthetic()).unwrap();
         let samples = eval.samples(detclip_core::data::synthetic::Split::Test).unwrap();
         let names = vec!["red ring".to_string(), "blue star".to_string()];
         let report = detect_and_write(&recipe, &model, &samples[..2], &names, 0.0, &out.join("det"), device).unwrap();

@@ -9,9 +9,12 @@ mod harness;
 
 mod checkpoint;
 mod config;
+mod data_flag;
 mod dense;
 mod detclipv2;
+mod eval_set;
 mod glip;
+mod import_official;
 mod learner;
 mod regionspot;
 mod sampler;

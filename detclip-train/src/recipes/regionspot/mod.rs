@@ -232,10 +232,13 @@ impl RegionSpotRecipe {
                     weight: 1.0,
                     flip_prob: 0.5,
                 }],
-                eval: Some(SyntheticConfig {
-                    kind: SourceKind::Grounding,
-                    ..world(3, 150)
-                }),
+                eval: Some(
+                    SyntheticConfig {
+                        kind: SourceKind::Grounding,
+                        ..world(3, 150)
+                    }
+                    .into(),
+                ),
                 size_divisor: 32,
             },
             learner: {
@@ -294,7 +297,7 @@ impl RegionSpotRecipe {
             s.batch_size = 2;
             s.flip_prob = 0.0;
         }
-        r.data.eval = Some(tiny_world(3, 4, SourceKind::Grounding));
+        r.data.eval = Some(tiny_world(3, 4, SourceKind::Grounding).into());
         r.test.short_side = 64;
         r.test.max_long = Some(96);
         r.learner.steps = 20;
@@ -556,6 +559,40 @@ impl Recipe for RegionSpotRecipe {
             short: self.test.short_side,
             max_long: self.test.max_long,
             normalize: Normalize::imagenet(),
+        }
+    }
+
+    /// One file: an official RegionSpot checkpoint (`regionspot_{bb,bl,bl_336}.pth`: SAM, CLIP
+    /// and the trained module, read through
+    /// [`regionspot_keys`](detclip_models::regionspot::regionspot_keys)); or two: SAM's and
+    /// CLIP's official weights (as [`FrozenWeights`]), the module left as built. SAM and CLIP
+    /// are frozen either way.
+    fn import_official<B: Backend>(
+        &self,
+        mut model: RegionSpot<B>,
+        checkpoints: &[PathBuf],
+        _device: &B::Device,
+    ) -> Result<RegionSpot<B>> {
+        match checkpoints {
+            [full] => Ok(detclip_models::regionspot::load_regionspot(model, full)?.0),
+            [sam, clip] => {
+                load_checkpoint(&mut model.sam, sam, &sam_keys(), &LoadOptions::default())?;
+                load_checkpoint(
+                    &mut model.clip,
+                    clip,
+                    &detclip_models::clip::openai_clip_keys(),
+                    &LoadOptions::default(),
+                )?;
+                Ok(model.freeze())
+            }
+            _ => Err(DetError::InvalidOption {
+                op: "import",
+                why: format!(
+                    "recipe `regionspot` imports one checkpoint (official RegionSpot) or two \
+                     (SAM, then CLIP), got {}",
+                    checkpoints.len()
+                ),
+            }),
         }
     }
 

@@ -1,0 +1,166 @@
+//! `detclip import`: a released checkpoint becomes a run folder whose checkpoint gives the
+//! same outputs as the released weights loaded directly, and from which training resumes; a
+//! recipe without a released format, a missing file and mis-shaped keys are refused with
+//! nothing written.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use detclip_core::DetError;
+use detclip_models::glip::glip_keys;
+use detclip_models::import::{LoadOptions, load_checkpoint};
+use detclip_train::commands::{AnyRecipe, import_command};
+use detclip_train::import::import_checkpoint;
+use detclip_train::learner::{Checkpoint, RunFiles, RunOptions, load_trained, train};
+use detclip_train::recipes::{GlipRecipe, RegionSpotRecipe, ShapesRecipe};
+
+use crate::harness::{init_lock, locked, max_abs_diff, scratch, to_vec};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../detclip-models/tests/fixtures")
+        .join(name)
+}
+
+backend_test! {
+    fn an_imported_glip_checkpoint_gives_the_released_models_outputs<B>(device) {
+        // scripts/fixtures/glip_recipe_vocab.py: the released layout at the tiny preset's sizes.
+        let recipe = GlipRecipe::tiny();
+        let official = fixture("glip_tiny_official_v131.pth");
+        let out = scratch("import-glip").join("run");
+        let path = locked(|| import_checkpoint::<_, B>(&recipe, std::slice::from_ref(&official), &out, device)).unwrap();
+        let ckpt = Checkpoint::read(&path).unwrap();
+        assert_eq!((ckpt.header.recipe.as_str(), ckpt.header.step), ("glip", 0));
+        assert!(RunFiles::of(&out).config.exists());
+
+        let (_, imported) =
+            locked(|| load_trained::<GlipRecipe, B::InnerBackend>(&path, device)).unwrap();
+        let mut direct = locked(|| recipe.glip_config().init::<B::InnerBackend>(device)).unwrap();
+        let options = LoadOptions { top_level_key: Some("model".into()), ..Default::default() };
+        load_checkpoint(&mut direct, &official, &glip_keys(recipe.model.num_layers), &options).unwrap();
+
+        let images = Tensor::<B::InnerBackend, 4>::random(
+            [2, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            device,
+        );
+        let ids = Tensor::<B::InnerBackend, 2, Int>::from_ints(
+            [[2, 40, 41, 3, 60, 4, 0], [2, 70, 100, 120, 130, 3, 4]],
+            device,
+        );
+        let mask = Tensor::<B::InnerBackend, 2, Int>::from_ints(
+            [[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]],
+            device,
+        );
+        let a = imported.glip.forward(images.clone(), ids.clone(), mask.clone()).unwrap();
+        let b = direct.forward(images, ids, mask).unwrap();
+        let mut worst = 0.0f32;
+        for (x, y) in a.logits.iter().zip(&b.logits) {
+            worst = worst.max(max_abs_diff(&to_vec(x.clone()), &to_vec(y.clone())));
+        }
+        for (x, y) in a.bbox_reg.iter().zip(&b.bbox_reg) {
+            worst = worst.max(max_abs_diff(&to_vec(x.clone()), &to_vec(y.clone())));
+        }
+        for (x, y) in a.centerness.iter().zip(&b.centerness) {
+            worst = worst.max(max_abs_diff(&to_vec(x.clone()), &to_vec(y.clone())));
+        }
+        eprintln!("imported vs directly loaded GLIP: max |diff| {worst:e}");
+        assert!(worst <= 1e-6, "{worst}");
+        // The prompt-tuning table stays zero.
+        assert!(to_vec(imported.prompt.val()).iter().all(|&v| v == 0.0));
+
+        // Training resumes from the imported run (one step).
+        let mut options = RunOptions::new(&out);
+        options.resume = true;
+        options.progress = false;
+        options.evaluate = false;
+        options.stop_at = Some(1);
+        let run = {
+            let _g = init_lock();
+            train::<_, B>(&recipe, device, &options).unwrap()
+        };
+        assert_eq!(run.steps.len(), 1);
+        assert!(run.steps[0].loss.is_finite() && run.steps[0].loss > 0.0);
+    }
+}
+
+/// The error of an import that must fail, after checking that nothing was written.
+fn refused(recipe: AnyRecipe, checkpoints: &[PathBuf], name: &str) -> String {
+    let out = scratch(name).join("run");
+    let err = locked(|| import_command(recipe, checkpoints.to_vec(), &out, "cpu")).unwrap_err();
+    assert!(!out.exists(), "{} was written", out.display());
+    err.to_string()
+}
+
+#[test]
+fn mis_shaped_keys_are_listed_and_nothing_is_written() {
+    // The released layout at `GlipConfig::small()`: 64 word pieces, the recipe has 131.
+    let glip = AnyRecipe::Glip(GlipRecipe::tiny());
+    let out = scratch("import-glip-bad").join("run");
+    let err = locked(|| import_command(glip, vec![fixture("glip_tiny_official.pth")], &out, "cpu"))
+        .unwrap_err();
+    assert!(matches!(err, DetError::Checkpoint { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("word_embeddings") && msg.contains("64"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+
+    // An official RegionSpot checkpoint of other sizes than the recipe's.
+    let msg = refused(
+        AnyRecipe::RegionSpot(RegionSpotRecipe::tiny()),
+        &[fixture("regionspot_tiny.pth")],
+        "import-regionspot-bad",
+    );
+    let listed = ["mis-shaped", "missing", "unexpected"]
+        .iter()
+        .any(|w| msg.contains(w));
+    assert!(msg.contains("regionspot_tiny.pth") && listed, "{msg}");
+}
+
+#[test]
+fn an_import_without_a_released_format_or_file_is_refused() {
+    let msg = refused(
+        AnyRecipe::Shapes(ShapesRecipe::tiny()),
+        &[fixture("glip_tiny_official.pth")],
+        "import-shapes",
+    );
+    assert!(
+        msg.contains("recipe `shapes` has no official checkpoint format"),
+        "{msg}"
+    );
+    let msg = refused(
+        AnyRecipe::Glip(GlipRecipe::tiny()),
+        &[PathBuf::from("/nonexistent/glip_t.pth")],
+        "import-missing",
+    );
+    assert!(
+        msg.contains("/nonexistent/glip_t.pth") && msg.contains("does not exist"),
+        "{msg}"
+    );
+    let msg = refused(
+        AnyRecipe::Glip(GlipRecipe::tiny()),
+        &[
+            fixture("glip_tiny_official.pth"),
+            fixture("glip_tiny_official.pth"),
+        ],
+        "import-two",
+    );
+    assert!(msg.contains("imports one checkpoint"), "{msg}");
+    // An existing run is not overwritten.
+    let out = scratch("import-existing");
+    std::fs::write(out.join("checkpoint.bin"), b"a run").unwrap();
+    let err = locked(|| {
+        import_command(
+            AnyRecipe::Glip(GlipRecipe::tiny()),
+            vec![fixture("glip_tiny_official_v131.pth")],
+            &out,
+            "cpu",
+        )
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("already holds a run"), "{err}");
+    assert_eq!(std::fs::read(out.join("checkpoint.bin")).unwrap(), b"a run");
+}
