@@ -4,14 +4,19 @@
 
 use std::path::{Path, PathBuf};
 
-use detclip_core::backend::{BackendTask, DeviceSpec, run_on};
+use detclip_core::backend::{
+    BackendTask, DeviceSpec, DevicesTask, Precision, parse_device_list, run_on, run_on_devices,
+};
 use detclip_core::data::synthetic::Split;
 use detclip_core::ext::DetclipAutodiffBackend;
 use detclip_core::{DetError, Result};
 
 use crate::detect::{DetectReport, detect_and_write, image_samples, parse_prompt};
 use crate::evaluate::EvalReport;
-use crate::learner::{Checkpoint, EvalSet, RunOptions, RunSummary, load_trained, train};
+use crate::learner::{
+    Checkpoint, EvalSet, LossScaler, RunOptions, RunSummary, load_trained, train,
+    train_on_devices,
+};
 use crate::recipe::{Recipe, read_config};
 use crate::recipes::regionspot::{CacheReport, cache_features};
 use crate::recipes::{DetClipV2Recipe, GlipRecipe, RegionSpotRecipe, ShapesRecipe};
@@ -75,22 +80,40 @@ struct TrainTask {
     options: RunOptions,
 }
 
-impl BackendTask for TrainTask {
+impl DevicesTask for TrainTask {
     type Output = Result<RunSummary>;
-    fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: DetclipAutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output {
+        let (d, o) = (&devices, &self.options);
         match &self.recipe {
-            AnyRecipe::Shapes(r) => train::<_, B>(r, &device, &self.options),
-            AnyRecipe::RegionSpot(r) => train::<_, B>(r, &device, &self.options),
-            AnyRecipe::DetClipV2(r) => train::<_, B>(r, &device, &self.options),
-            AnyRecipe::Glip(r) => train::<_, B>(r, &device, &self.options),
+            AnyRecipe::Shapes(r) => train_on_devices::<_, B>(r, d, o),
+            AnyRecipe::RegionSpot(r) => train_on_devices::<_, B>(r, d, o),
+            AnyRecipe::DetClipV2(r) => train_on_devices::<_, B>(r, d, o),
+            AnyRecipe::Glip(r) => train_on_devices::<_, B>(r, d, o),
         }
     }
 }
 
-/// `detclip train`.
+/// `detclip train --device D` (f32).
 pub fn train_command(recipe: AnyRecipe, device: &str, options: RunOptions) -> Result<RunSummary> {
-    let spec: DeviceSpec = device.parse()?;
-    run_on(spec, TrainTask { recipe, options })?
+    train_devices_command(recipe, device, Precision::F32, options)
+}
+
+/// `detclip train --devices D1,D2,… --precision P`: data-parallel over the listed devices of
+/// one backend (one device: plain training), computing in `precision`. Half precision turns
+/// on dynamic loss scaling (PyTorch's `GradScaler` defaults) unless `options` sets a scaler.
+/// A device list that names a device that is not there, or a precision the backend does not
+/// have, is refused before anything is written.
+pub fn train_devices_command(
+    recipe: AnyRecipe,
+    devices: &str,
+    precision: Precision,
+    mut options: RunOptions,
+) -> Result<RunSummary> {
+    let specs = parse_device_list(devices)?;
+    if precision.is_half() && options.loss_scaling.is_none() {
+        options.loss_scaling = Some(LossScaler::new());
+    }
+    run_on_devices(&specs, precision, TrainTask { recipe, options })?
 }
 
 struct DetectTask {

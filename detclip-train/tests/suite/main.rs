@@ -12,6 +12,7 @@ mod config;
 mod detclipv2;
 mod glip;
 mod learner;
+mod parallel;
 mod regionspot;
 mod sampler;
 mod schedule;
