@@ -256,10 +256,7 @@ pub fn parse_device_list(list: &str) -> Result<Vec<DeviceSpec>> {
             "`auto` picks one device; list the devices explicitly (e.g. cuda:0,cuda:1)".into(),
         ));
     }
-    let specs = specs
-        .into_iter()
-        .map(resolve)
-        .collect::<Result<Vec<_>>>()?;
+    let specs = specs.into_iter().map(resolve).collect::<Result<Vec<_>>>()?;
     let kind = |s: &DeviceSpec| std::mem::discriminant(s);
     if specs.iter().any(|s| kind(s) != kind(&specs[0])) {
         return Err(err(
@@ -320,10 +317,9 @@ pub fn run_on_devices<T: DevicesTask>(
     match first {
         #[cfg(feature = "ndarray")]
         DeviceSpec::Cpu => match precision {
-            Precision::F32 => Ok(task.run::<Autodiff<NdArrayBackend>>(vec![
-                Default::default();
-                specs.len()
-            ])),
+            Precision::F32 => {
+                Ok(task.run::<Autodiff<NdArrayBackend>>(vec![Default::default(); specs.len()]))
+            }
             half => Err(unsupported(&format!(
                 "precision {half} needs --device wgpu or cuda (the CPU backend computes in f32 \
                  only)"

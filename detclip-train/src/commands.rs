@@ -14,8 +14,7 @@ use detclip_core::{DetError, Result};
 use crate::detect::{DetectReport, detect_and_write, image_samples, parse_prompt};
 use crate::evaluate::EvalReport;
 use crate::learner::{
-    Checkpoint, EvalSet, LossScaler, RunOptions, RunSummary, load_trained, train,
-    train_on_devices,
+    Checkpoint, EvalSet, LossScaler, RunOptions, RunSummary, load_trained, train, train_on_devices,
 };
 use crate::recipe::{Recipe, read_config};
 use crate::recipes::regionspot::{CacheReport, cache_features};

@@ -437,7 +437,10 @@ where
         .map_err(|e| io_err(&files.log, e))?;
 
     let mut scaler = options.loss_scaling.clone();
-    if let Some(saved) = resume_from.as_ref().and_then(|c| c.header.loss_scaler.clone()) {
+    if let Some(saved) = resume_from
+        .as_ref()
+        .and_then(|c| c.header.loss_scaler.clone())
+    {
         scaler = Some(saved);
     }
     let end = options.stop_at.unwrap_or(cfg.steps).min(cfg.steps);

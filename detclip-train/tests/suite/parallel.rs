@@ -126,7 +126,10 @@ fn a_device_list_with_a_device_that_is_not_there_is_refused_before_anything_is_w
         "{mixed}"
     );
     let twice = device_error("cuda:0,cuda:0", Precision::F32, &out);
-    assert!(twice.contains("twice") || twice.contains("no `cuda`") || twice.contains("driver"), "{twice}");
+    assert!(
+        twice.contains("twice") || twice.contains("no `cuda`") || twice.contains("driver"),
+        "{twice}"
+    );
     let auto = device_error("auto,cpu", Precision::F32, &out);
     assert!(auto.contains("auto"), "{auto}");
     let empty = device_error("cpu,,cpu", Precision::F32, &out);
@@ -140,7 +143,10 @@ fn half_precision_on_the_cpu_is_refused_with_what_it_needs() {
     let out = scratch("half-cpu").join("run");
     for p in [Precision::F16, Precision::Bf16] {
         let err = device_error("cpu", p, &out);
-        assert!(err.contains(&format!("precision {p} needs --device wgpu or cuda")), "{err}");
+        assert!(
+            err.contains(&format!("precision {p} needs --device wgpu or cuda")),
+            "{err}"
+        );
     }
     assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
     assert!("f8".parse::<Precision>().is_err());
@@ -152,10 +158,18 @@ struct Two<B: Backend> {
     b: Param<Tensor<B, 2>>,
 }
 
-fn grads_of<B: AutodiffBackend>(m: &Two<B>, a: [f32; 2], b: [f32; 4], device: &B::Device) -> GradientsParams {
+fn grads_of<B: AutodiffBackend>(
+    m: &Two<B>,
+    a: [f32; 2],
+    b: [f32; 4],
+    device: &B::Device,
+) -> GradientsParams {
     let mut g = GradientsParams::new();
     g.register(m.a.id, Tensor::<B::InnerBackend, 1>::from_floats(a, device));
-    g.register(m.b.id, Tensor::<B::InnerBackend, 1>::from_floats(b, device).reshape([2, 2]));
+    g.register(
+        m.b.id,
+        Tensor::<B::InnerBackend, 1>::from_floats(b, device).reshape([2, 2]),
+    );
     g
 }
 
