@@ -171,3 +171,203 @@ pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
         }),
     }
 }
+
+/// The float type a model computes in (`--precision f32|f16|bf16`).
+///
+/// Burn 0.21 has no autocast: a half precision run instantiates the whole model on the backend
+/// whose float element is the half type (`Wgpu<f16>`, `Cuda<f16>`, `Cuda<bf16>`). The CPU
+/// backend (ndarray) computes in f32 only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Single precision (the default).
+    #[default]
+    F32,
+    /// IEEE half precision (wgpu, CUDA).
+    F16,
+    /// bfloat16 (CUDA).
+    Bf16,
+}
+
+impl Precision {
+    /// Whether this is a 16-bit float type (and so wants loss scaling).
+    pub fn is_half(self) -> bool {
+        self != Precision::F32
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = DetError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "f16" | "fp16" | "float16" | "half" => Ok(Precision::F16),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            _ => Err(DetError::InvalidOption {
+                op: "precision",
+                why: format!("unknown precision `{s}`; expected f32, f16 or bf16"),
+            }),
+        }
+    }
+}
+
+/// How many CUDA devices the NVIDIA driver reports (`/proc/driver/nvidia/gpus/*`), when it
+/// can be told without initialising CUDA; `None` where the driver does not list them there.
+pub fn cuda_device_count() -> Option<usize> {
+    let dir = std::fs::read_dir("/proc/driver/nvidia/gpus").ok()?;
+    Some(dir.filter_map(|e| e.ok()).count())
+}
+
+/// Parses a device list for data-parallel training: `cuda:0,cuda:1`, `wgpu:0,wgpu:1`, or the
+/// CPU repeated (`cpu,cpu`: one model replica per entry on the same CPU device, which runs
+/// the multi-device code path where there is no second GPU, e.g. in tests).
+///
+/// Every entry must name the same kind of backend, a GPU may be listed once, and `auto` only
+/// stands alone. Each entry is [`resolve`]d, so a backend that is not compiled in or a CUDA
+/// device that is not there is reported here, before any work starts.
+pub fn parse_device_list(list: &str) -> Result<Vec<DeviceSpec>> {
+    let err = |why: String| DetError::Device {
+        spec: list.to_string(),
+        why,
+    };
+    let specs = list
+        .split(',')
+        .map(|s| s.trim())
+        .map(|s| {
+            if s.is_empty() {
+                Err(err("an empty entry in the device list".into()))
+            } else {
+                s.parse::<DeviceSpec>()
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if specs.len() > 1 && specs.contains(&DeviceSpec::Auto) {
+        return Err(err(
+            "`auto` picks one device; list the devices explicitly (e.g. cuda:0,cuda:1)".into(),
+        ));
+    }
+    let specs = specs.into_iter().map(resolve).collect::<Result<Vec<_>>>()?;
+    let kind = |s: &DeviceSpec| std::mem::discriminant(s);
+    if specs.iter().any(|s| kind(s) != kind(&specs[0])) {
+        return Err(err(
+            "all devices must be of one kind (one backend): e.g. cuda:0,cuda:1 or wgpu:0,wgpu:1"
+                .into(),
+        ));
+    }
+    for (i, s) in specs.iter().enumerate() {
+        if *s != DeviceSpec::Cpu && specs[..i].contains(s) {
+            return Err(err(format!("{s} is listed twice")));
+        }
+    }
+    if let (DeviceSpec::Cuda(_), Some(count)) = (specs[0], cuda_device_count())
+        && let Some(missing) = specs
+            .iter()
+            .find(|s| matches!(s, DeviceSpec::Cuda(n) if *n >= count))
+    {
+        return Err(err(format!(
+            "{missing} is not there: the driver reports {count} CUDA device(s)"
+        )));
+    }
+    Ok(specs)
+}
+
+/// Work that runs on several devices of one backend (data-parallel training); the first
+/// device is the main one.
+pub trait DevicesTask {
+    /// What the task returns.
+    type Output;
+    /// Runs the task on backend `B`, devices `devices` (at least one).
+    fn run<B: DetclipAutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output;
+}
+
+/// Runs `task` on the devices `specs` name (from [`parse_device_list`]), on the backend whose
+/// float element is `precision`.
+///
+/// Half precision needs a Cube backend: f16 on wgpu or CUDA, bf16 on CUDA.
+pub fn run_on_devices<T: DevicesTask>(
+    specs: &[DeviceSpec],
+    precision: Precision,
+    task: T,
+) -> Result<T::Output> {
+    let specs = specs
+        .iter()
+        .map(|&s| resolve(s))
+        .collect::<Result<Vec<_>>>()?;
+    let Some(&first) = specs.first() else {
+        return Err(DetError::Device {
+            spec: String::new(),
+            why: "no device was given".into(),
+        });
+    };
+    let _ = &task;
+    let unsupported = |why: &str| DetError::Device {
+        spec: first.to_string(),
+        why: why.to_string(),
+    };
+    match first {
+        #[cfg(feature = "ndarray")]
+        DeviceSpec::Cpu => match precision {
+            Precision::F32 => {
+                Ok(task.run::<Autodiff<NdArrayBackend>>(vec![Default::default(); specs.len()]))
+            }
+            half => Err(unsupported(&format!(
+                "precision {half} needs --device wgpu or cuda (the CPU backend computes in f32 \
+                 only)"
+            ))),
+        },
+        #[cfg(feature = "wgpu")]
+        DeviceSpec::Wgpu(_) => {
+            use burn::backend::wgpu::WgpuDevice;
+            let devices: Vec<WgpuDevice> = specs
+                .iter()
+                .map(|s| match s {
+                    DeviceSpec::Wgpu(Some(n)) => WgpuDevice::DiscreteGpu(*n),
+                    _ => WgpuDevice::DefaultDevice,
+                })
+                .collect();
+            match precision {
+                Precision::F32 => Ok(task.run::<Autodiff<WgpuBackend>>(devices)),
+                Precision::F16 => {
+                    Ok(task.run::<Autodiff<burn::backend::Wgpu<half::f16, i32>>>(devices))
+                }
+                Precision::Bf16 => Err(unsupported(
+                    "precision bf16 needs --device cuda (WGSL has no bfloat16); use f16 on wgpu",
+                )),
+            }
+        }
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(_) => {
+            use burn::backend::cuda::CudaDevice;
+            let devices: Vec<CudaDevice> = specs
+                .iter()
+                .map(|s| match s {
+                    DeviceSpec::Cuda(n) => CudaDevice::new(*n),
+                    _ => CudaDevice::new(0),
+                })
+                .collect();
+            match precision {
+                Precision::F32 => Ok(task.run::<Autodiff<CudaBackend>>(devices)),
+                Precision::F16 => {
+                    Ok(task.run::<Autodiff<burn::backend::Cuda<half::f16, i32>>>(devices))
+                }
+                Precision::Bf16 => {
+                    Ok(task.run::<Autodiff<burn::backend::Cuda<half::bf16, i32>>>(devices))
+                }
+            }
+        }
+        other => Err(DetError::Device {
+            spec: other.to_string(),
+            why: "this backend is not compiled in".into(),
+        }),
+    }
+}

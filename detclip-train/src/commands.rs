@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use detclip_core::backend::{BackendTask, DeviceSpec, run_on};
+use detclip_core::backend::{
+    BackendTask, DeviceSpec, DevicesTask, Precision, parse_device_list, run_on, run_on_devices,
+};
 use detclip_core::data::synthetic::Split;
 use detclip_core::ext::DetclipAutodiffBackend;
 use detclip_core::{DetError, Result};
@@ -12,7 +14,9 @@ use detclip_core::{DetError, Result};
 use crate::detect::{DetectReport, detect_and_write, image_samples, parse_prompt};
 use crate::evaluate::EvalReport;
 use crate::import::import_checkpoint;
-use crate::learner::{Checkpoint, EvalSet, RunOptions, RunSummary, load_trained, train};
+use crate::learner::{
+    Checkpoint, EvalSet, LossScaler, RunOptions, RunSummary, load_trained, train, train_on_devices,
+};
 use crate::recipe::{Recipe, read_config};
 use crate::recipes::regionspot::{CacheReport, cache_features};
 use crate::recipes::{DetClipV2Recipe, GlipRecipe, RegionSpotRecipe, ShapesRecipe, VildRecipe};
@@ -86,6 +90,7 @@ impl AnyRecipe {
             AnyRecipe::RegionSpot(r) => AnyRecipe::RegionSpot(r.with_data(data)?),
             AnyRecipe::DetClipV2(r) => AnyRecipe::DetClipV2(r.with_data(data)?),
             AnyRecipe::Glip(r) => AnyRecipe::Glip(r.with_data(data)?),
+            AnyRecipe::Vild(r) => AnyRecipe::Vild(r.with_data(data)?),
         })
     }
 }
@@ -95,15 +100,16 @@ struct TrainTask {
     options: RunOptions,
 }
 
-impl BackendTask for TrainTask {
+impl DevicesTask for TrainTask {
     type Output = Result<RunSummary>;
-    fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: DetclipAutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output {
+        let (d, o) = (&devices, &self.options);
         match &self.recipe {
-            AnyRecipe::Shapes(r) => train::<_, B>(r, &device, &self.options),
-            AnyRecipe::RegionSpot(r) => train::<_, B>(r, &device, &self.options),
-            AnyRecipe::DetClipV2(r) => train::<_, B>(r, &device, &self.options),
-            AnyRecipe::Glip(r) => train::<_, B>(r, &device, &self.options),
-            AnyRecipe::Vild(r) => train::<_, B>(r, &device, &self.options),
+            AnyRecipe::Shapes(r) => train_on_devices::<_, B>(r, d, o),
+            AnyRecipe::RegionSpot(r) => train_on_devices::<_, B>(r, d, o),
+            AnyRecipe::DetClipV2(r) => train_on_devices::<_, B>(r, d, o),
+            AnyRecipe::Glip(r) => train_on_devices::<_, B>(r, d, o),
+            AnyRecipe::Vild(r) => train_on_devices::<_, B>(r, d, o),
         }
     }
 }
@@ -123,6 +129,7 @@ impl BackendTask for ImportTask {
             AnyRecipe::RegionSpot(r) => import_checkpoint::<_, B>(r, c, o, &device),
             AnyRecipe::DetClipV2(r) => import_checkpoint::<_, B>(r, c, o, &device),
             AnyRecipe::Glip(r) => import_checkpoint::<_, B>(r, c, o, &device),
+            AnyRecipe::Vild(r) => import_checkpoint::<_, B>(r, c, o, &device),
         }
     }
 }
@@ -146,10 +153,27 @@ pub fn import_command(
     )?
 }
 
-/// `detclip train`.
+/// `detclip train --device D` (f32).
 pub fn train_command(recipe: AnyRecipe, device: &str, options: RunOptions) -> Result<RunSummary> {
-    let spec: DeviceSpec = device.parse()?;
-    run_on(spec, TrainTask { recipe, options })?
+    train_devices_command(recipe, device, Precision::F32, options)
+}
+
+/// `detclip train --devices D1,D2,… --precision P`: data-parallel over the listed devices of
+/// one backend (one device: plain training), computing in `precision`. Half precision turns
+/// on dynamic loss scaling (PyTorch's `GradScaler` defaults) unless `options` sets a scaler.
+/// A device list that names a device that is not there, or a precision the backend does not
+/// have, is refused before anything is written.
+pub fn train_devices_command(
+    recipe: AnyRecipe,
+    devices: &str,
+    precision: Precision,
+    mut options: RunOptions,
+) -> Result<RunSummary> {
+    let specs = parse_device_list(devices)?;
+    if precision.is_half() && options.loss_scaling.is_none() {
+        options.loss_scaling = Some(LossScaler::new());
+    }
+    run_on_devices(&specs, precision, TrainTask { recipe, options })?
 }
 
 struct DetectTask {

@@ -76,6 +76,7 @@ where
             },
             model_len: 0,
             optim_len: 0,
+            loss_scaler: None,
         },
         model: model_bytes::<B, _>(&model)?,
         optim: optim.to_bytes()?,

@@ -7,6 +7,7 @@
 //! detclip eval odinw --config LIST.json [--json]
 //! detclip eval grounding --input PHRASES.json [--k 1,5,10] [--iou 0.5] [--json]
 //! detclip train --recipe NAME [--config FILE] [--data FILE] [--device auto] [--out DIR] [--resume]
+//!     [--devices cuda:0,cuda:1] [--precision f32|f16|bf16]
 //! detclip detect --checkpoint C --image PATH|DIR --prompt "cat. dog." [--threshold 0.3] [--out DIR]
 //! detclip demo [--out DIR] [--device cpu] [--steps N]
 //! detclip import --recipe NAME --checkpoint OFFICIAL [--checkpoint …] [--config FILE] --out DIR
@@ -82,6 +83,13 @@ enum Command {
         /// Continue the run in --out from its checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Data-parallel over several devices of one backend, e.g. cuda:0,cuda:1 (replaces
+        /// --device; `cpu,cpu` runs the multi-device path on the CPU).
+        #[arg(long, conflicts_with = "device")]
+        devices: Option<String>,
+        /// f32 | f16 (wgpu, cuda) | bf16 (cuda); half precision scales the loss dynamically.
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
     /// Detect concepts in images with a trained checkpoint.
     Detect {
@@ -390,6 +398,7 @@ fn run_train(
     device: &str,
     out: PathBuf,
     resume: bool,
+    precision: &str,
 ) -> ExitCode {
     let recipe = AnyRecipe::load(recipe, config.as_deref()).and_then(|r| match &data {
         Some(path) => r.with_data(detclip_train::recipe::read_data_config(path)?),
@@ -399,9 +408,13 @@ fn run_train(
         Ok(r) => r,
         Err(e) => return fail("train", e),
     };
+    let precision = match precision.parse() {
+        Ok(p) => p,
+        Err(e) => return fail("train", e),
+    };
     let mut options = RunOptions::new(&out);
     options.resume = resume;
-    match commands::train_command(recipe, device, options) {
+    match commands::train_devices_command(recipe, device, precision, options) {
         Ok(summary) => {
             let last = summary.steps.last().map(|s| s.loss).unwrap_or(f64::NAN);
             println!(
@@ -460,7 +473,17 @@ fn main() -> ExitCode {
             device,
             out,
             resume,
-        } => run_train(&recipe, config, data, &device, out, resume),
+            devices,
+            precision,
+        } => run_train(
+            &recipe,
+            config,
+            data,
+            devices.as_deref().unwrap_or(&device),
+            out,
+            resume,
+            &precision,
+        ),
         Command::Detect {
             checkpoint,
             image,

@@ -35,6 +35,9 @@ pub struct Header {
     pub model_len: u64,
     /// Byte length of the optimiser state (0 in an inference-only checkpoint).
     pub optim_len: u64,
+    /// The loss scaler's state, when the run scales its loss (half precision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<crate::learner::LossScaler>,
 }
 
 /// A checkpoint in memory.

@@ -17,10 +17,14 @@
 
 mod checkpoint;
 mod optim;
+mod parallel;
+mod precision;
 mod schedule;
 
 pub use checkpoint::{Checkpoint, Header, write_atomic};
 pub use optim::{GroupMultipliers, GroupedAdamW, OptimConfig, ParamLayout, StepInfo};
+pub use parallel::{StepGrads, step_grads};
+pub use precision::{LossScaler, ScaleChange};
 pub use schedule::{Decay, ScheduleConfig};
 
 use std::collections::BTreeMap;
@@ -30,7 +34,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
@@ -129,6 +132,9 @@ pub struct RunOptions {
     pub stop_at: Option<u64>,
     /// Evaluate at all (periodic and final evaluation).
     pub evaluate: bool,
+    /// Dynamic loss scaling (half precision runs); `None`: off. On resume the checkpoint's
+    /// scaler state replaces it.
+    pub loss_scaling: Option<LossScaler>,
 }
 
 impl RunOptions {
@@ -140,6 +146,7 @@ impl RunOptions {
             progress: true,
             stop_at: None,
             evaluate: true,
+            loss_scaling: None,
         }
     }
 }
@@ -161,6 +168,12 @@ pub struct StepLog {
     pub grad_norm: Option<f64>,
     /// Seconds since the (resumed) run started.
     pub seconds: f64,
+    /// The loss scale the step's backward pass used (loss scaling on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// The gradients were not finite: the step was skipped (loss scaling on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// What a run did.
@@ -366,6 +379,27 @@ pub fn train<R: Recipe, B: DetclipAutodiffBackend>(
 where
     R::Model<B>: AutodiffModule<B, InnerModule = R::Model<B::InnerBackend>>,
 {
+    train_on_devices::<R, B>(recipe, std::slice::from_ref(device), options)
+}
+
+/// Trains `recipe` data-parallel on `devices` (see [`parallel`](self::step_grads)): each step
+/// trains on `accumulate × devices.len()` micro-batches, one per device at a time; the model,
+/// the optimiser and evaluation live on `devices[0]`. One device is [`train`].
+pub fn train_on_devices<R: Recipe, B: DetclipAutodiffBackend>(
+    recipe: &R,
+    devices: &[B::Device],
+    options: &RunOptions,
+) -> Result<RunSummary>
+where
+    R::Model<B>: AutodiffModule<B, InnerModule = R::Model<B::InnerBackend>>,
+{
+    let device = devices.first().ok_or_else(|| DetError::InvalidOption {
+        op: "train",
+        why: "no device to train on".into(),
+    })?;
+    if let Some(s) = &options.loss_scaling {
+        s.validate()?;
+    }
     let started = Instant::now();
     recipe.validate()?;
     let cfg = recipe.learner();
@@ -408,6 +442,13 @@ where
         .open(&files.log)
         .map_err(|e| io_err(&files.log, e))?;
 
+    let mut scaler = options.loss_scaling.clone();
+    if let Some(saved) = resume_from
+        .as_ref()
+        .and_then(|c| c.header.loss_scaler.clone())
+    {
+        scaler = Some(saved);
+    }
     let end = options.stop_at.unwrap_or(cfg.steps).min(cfg.steps);
     let bar = progress_bar(cfg.steps, start, options.progress);
     let mut summary = RunSummary {
@@ -417,28 +458,30 @@ where
     };
     for step in start..end {
         let factor = cfg.schedule.factor(step, cfg.steps);
-        let mut acc = GradientsAccumulator::<R::Model<B>>::new();
-        let mut sources = Vec::new();
-        let mut term_sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-        let mut loss_sum = 0.0;
-        for _ in 0..cfg.accumulate {
-            let drawn = sampler.next_batch::<B>(device)?;
-            let source = &sampler.sources()[drawn.source];
-            sources.push(source.config.name.clone());
-            let terms = recipe.loss(&model, &drawn.batch, &source.vocabulary)?;
-            let total = terms.total()? / cfg.accumulate as f32;
-            let (values, sum) = terms.values();
-            for (k, v) in values {
-                let e = term_sums.entry(k).or_default();
-                e.0 += v;
-                e.1 += 1;
-            }
-            loss_sum += sum;
-            let grads = GradientsParams::from_grads(total.backward(), &model);
-            acc.accumulate(&model, grads);
+        let loss_scale = scaler.as_ref().map(|s| s.scale());
+        let micro = step_grads(
+            recipe,
+            &model,
+            &mut sampler,
+            devices,
+            cfg.accumulate,
+            loss_scale.unwrap_or(1.0),
+        )?;
+        let (grads, finite) = match &scaler {
+            Some(s) => s.unscale::<B, _>(&model, micro.grads),
+            None => (micro.grads, true),
+        };
+        // A step with infinite or NaN gradients (checked when the loss is scaled) leaves the
+        // model and the optimiser as they were.
+        let mut info = StepInfo { grad_norm: None };
+        if finite {
+            let (next, i) = optim.step(model, grads, factor);
+            (model, info) = (next, i);
         }
-        let (next, info) = optim.step(model, acc.grads(), factor);
-        model = next;
+        if let Some(s) = &mut scaler {
+            s.update(finite);
+        }
+        let (sources, term_sums, loss_sum) = (micro.sources, micro.terms, micro.loss_sum);
         let entry = StepLog {
             step,
             sources,
@@ -446,13 +489,15 @@ where
                 .iter()
                 .map(|&g| (g.name().to_string(), optim.lr(g, factor)))
                 .collect(),
-            loss: loss_sum / cfg.accumulate as f64,
+            loss: loss_sum / micro.micro_batches as f64,
             terms: term_sums
                 .into_iter()
                 .map(|(k, (s, n))| (k, s / n as f64))
                 .collect(),
             grad_norm: info.grad_norm,
             seconds: started.elapsed().as_secs_f64(),
+            loss_scale: loss_scale.map(f64::from),
+            skipped: !finite,
         };
         let line = serde_json::to_string(&entry).expect("a log line serialises");
         writeln!(log_file, "{line}").map_err(|e| io_err(&files.log, e))?;
@@ -472,6 +517,7 @@ where
                     sampler: sampler.state().clone(),
                     model_len: 0,
                     optim_len: 0,
+                    loss_scaler: scaler.clone(),
                 },
                 model: model_bytes::<B, _>(&model)?,
                 optim: optim.to_bytes()?,

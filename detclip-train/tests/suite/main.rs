@@ -16,6 +16,7 @@ mod eval_set;
 mod glip;
 mod import_official;
 mod learner;
+mod parallel;
 mod regionspot;
 mod sampler;
 mod schedule;
