@@ -100,3 +100,32 @@ backend_test! {
         assert!(!out.exists(), "the run folder was created");
     }
 }
+
+/// Every config committed under `detclip-train/configs/` (named `RECIPE-….json`) still reads
+/// and validates as its recipe's config: a renamed or retyped field breaks this test rather
+/// than a user's run.
+#[test]
+fn every_committed_config_loads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("configs folder") {
+        let path = entry.expect("a folder entry").path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("a UTF-8 name");
+        let recipe = stem.split('-').next().expect("a recipe prefix");
+        if let Err(e) = AnyRecipe::load(recipe, Some(&path)) {
+            panic!("{}: {e}", path.display());
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 5,
+        "only {checked} configs found in {}",
+        dir.display()
+    );
+}
