@@ -171,7 +171,7 @@ pub fn train_devices_command(
 ) -> Result<RunSummary> {
     let specs = parse_device_list(devices)?;
     if precision.is_half() && options.loss_scaling.is_none() {
-        options.loss_scaling = Some(LossScaler::new());
+        options.loss_scaling = Some(LossScaler::for_half());
     }
     run_on_devices(&specs, precision, TrainTask { recipe, options })?
 }

@@ -49,6 +49,15 @@ impl LossScaler {
         Self::with(65536.0, 2000)
     }
 
+    /// The scaler `--precision f16|bf16` starts with: `S = 2^10`, doubled after 2000 finite
+    /// steps. PyTorch's `2^16` assumes autocast, which keeps the loss in f32; here the whole
+    /// graph runs in half precision, the loss included, and a loss above 1 times `2^16`
+    /// overflows f16 (largest value 65504), so every first step would be skipped until the
+    /// scale had halved far enough.
+    pub fn for_half() -> Self {
+        Self::with(1024.0, 2000)
+    }
+
     /// A scaler starting at `scale`, doubling after `growth_interval` finite steps.
     pub fn with(scale: f64, growth_interval: u64) -> Self {
         Self {
