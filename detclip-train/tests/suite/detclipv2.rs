@@ -2,18 +2,11 @@
 //! learner, image-text batches carry only the contrastive term, and the config round-trips.
 
 use detclip_train::data::{DatasetConfig, SyntheticConfig, SyntheticSplit};
-use detclip_train::learner::{RunFiles, RunOptions, read_log, train};
+use detclip_train::learner::{RunFiles, read_log, train};
 use detclip_train::recipe::{Recipe, parse_config};
 use detclip_train::recipes::DetClipV2Recipe;
 
-use crate::harness::{init_lock, scratch};
-
-fn quiet(out: &std::path::Path) -> RunOptions {
-    let mut o = RunOptions::new(out);
-    o.progress = false;
-    o.evaluate = false;
-    o
-}
+use crate::harness::{init_lock, quiet, scratch};
 
 backend_test! {
     fn detclipv2_loss_falls_and_every_term_is_logged<B>(device) {

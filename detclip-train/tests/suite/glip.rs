@@ -8,19 +8,12 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use detclip_core::data::prompt::PromptFormat;
 use detclip_models::glip::described_prompts;
-use detclip_train::learner::{RunFiles, RunOptions, init_model, load_trained, read_log, train};
+use detclip_train::learner::{RunFiles, init_model, load_trained, read_log, train};
 use detclip_train::recipe::{ParamGroup, Recipe};
 use detclip_train::recipes::GlipRecipe;
 use detclip_train::recipes::glip::{FineTune, GlipDetector};
 
-use crate::harness::{Collect, locked, scratch};
-
-fn quiet(out: &std::path::Path) -> RunOptions {
-    let mut o = RunOptions::new(out);
-    o.progress = false;
-    o.evaluate = false;
-    o
-}
+use crate::harness::{Collect, locked, quiet, scratch};
 
 backend_test! {
     fn glip_loss_falls_and_every_term_is_logged<B>(device) {

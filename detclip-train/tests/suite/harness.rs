@@ -53,3 +53,11 @@ pub fn floats<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
     m.visit(&mut c);
     c.0
 }
+
+/// Run options for tests: no progress bar, no evaluation.
+pub fn quiet(out: &std::path::Path) -> detclip_train::learner::RunOptions {
+    let mut o = detclip_train::learner::RunOptions::new(out);
+    o.progress = false;
+    o.evaluate = false;
+    o
+}

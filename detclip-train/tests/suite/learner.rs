@@ -2,21 +2,12 @@
 //! uninterrupted one exactly, frozen groups stay put, detections are written.
 
 use detclip_train::detect::detect_and_write;
-use detclip_train::learner::{
-    RunFiles, RunOptions, StepLog, init_model, load_trained, read_log, train,
-};
+use detclip_train::learner::{RunFiles, StepLog, init_model, load_trained, read_log, train};
 use detclip_train::recipe::ParamGroup;
 use detclip_train::recipes::ShapesRecipe;
 use detclip_train::recipes::shapes::ShapesDetector;
 
-use crate::harness::{floats, init_lock, locked, scratch};
-
-fn quiet(out: &std::path::Path) -> RunOptions {
-    let mut o = RunOptions::new(out);
-    o.progress = false;
-    o.evaluate = false;
-    o
-}
+use crate::harness::{floats, init_lock, locked, quiet, scratch};
 
 /// The log is JSON: its numbers round-trip to within an ulp or two.
 fn assert_close_f64(a: &[f64], b: &[f64]) {

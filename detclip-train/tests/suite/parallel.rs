@@ -4,7 +4,7 @@
 //! fork, concurrent backward passes, gradients gathered on the main device. It must train like
 //! one device accumulating the same micro-batches.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -12,19 +12,12 @@ use detclip_core::DetError;
 use detclip_core::backend::Precision;
 use detclip_train::commands::{AnyRecipe, train_devices_command};
 use detclip_train::learner::{
-    LossScaler, RunFiles, RunOptions, ScaleChange, StepLog, init_model, load_trained, read_log,
-    train, train_on_devices,
+    LossScaler, RunFiles, ScaleChange, StepLog, init_model, load_trained, read_log, train,
+    train_on_devices,
 };
 use detclip_train::recipes::ShapesRecipe;
 
-use crate::harness::{init_lock, locked, scratch};
-
-fn quiet(out: &std::path::Path) -> RunOptions {
-    let mut o = RunOptions::new(out);
-    o.progress = false;
-    o.evaluate = false;
-    o
-}
+use crate::harness::{floats, init_lock, locked, quiet, scratch};
 
 fn losses(log: &[StepLog]) -> Vec<f64> {
     log.iter().map(|l| l.loss).collect()
@@ -38,25 +31,6 @@ fn assert_rel_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
             "{what}: {a:?} vs {b:?}"
         );
     }
-}
-
-/// Every float of a module, in visiting order.
-struct Collect(Vec<f32>);
-impl<B: Backend> ModuleVisitor<B> for Collect {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-        self.0.extend(
-            p.val()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap(),
-        );
-    }
-}
-fn floats<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
-    let mut c = Collect(Vec::new());
-    m.visit(&mut c);
-    c.0
 }
 
 fn trained_floats<B: Backend>(out: &std::path::Path, device: &B::Device) -> Vec<f32> {

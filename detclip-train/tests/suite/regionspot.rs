@@ -5,21 +5,12 @@
 use burn::module::AutodiffModule;
 use detclip_core::data::SourceKind;
 use detclip_train::data::DatasetConfig;
-use detclip_train::learner::{
-    RunFiles, RunOptions, StepLog, init_model, load_trained, read_log, train,
-};
+use detclip_train::learner::{RunFiles, StepLog, init_model, load_trained, read_log, train};
 use detclip_train::recipe::Recipe;
 use detclip_train::recipes::RegionSpotRecipe;
 use detclip_train::recipes::regionspot::cache_features;
 
-use crate::harness::{floats, init_lock, locked, scratch};
-
-fn quiet(out: &std::path::Path) -> RunOptions {
-    let mut o = RunOptions::new(out);
-    o.progress = false;
-    o.evaluate = false;
-    o
-}
+use crate::harness::{floats, init_lock, locked, quiet, scratch};
 
 fn losses(log: &[StepLog]) -> Vec<f64> {
     log.iter().map(|l| l.loss).collect()
