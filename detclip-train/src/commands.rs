@@ -354,10 +354,15 @@ impl BackendTask for RegionSpotCacheTask {
         let model = match &self.checkpoint {
             Some(path) => load_trained::<RegionSpotRecipe, B::InnerBackend>(path, &device)?.1,
             None => {
-                // A fresh run's frozen weights: built and prepared exactly as `train` does.
+                // A fresh run's frozen weights: built and prepared (or taken from
+                // `learner.init_from`) exactly as `train` does.
                 let model =
                     crate::learner::init_model::<RegionSpotRecipe, B>(&self.recipe, &device)?;
-                burn::module::AutodiffModule::valid(&self.recipe.prepare(model, &device)?)
+                burn::module::AutodiffModule::valid(&crate::learner::start_model(
+                    &self.recipe,
+                    model,
+                    &device,
+                )?)
             }
         };
         let bar = indicatif::ProgressBar::new(0);

@@ -28,12 +28,20 @@ use serde::{Deserialize, Serialize};
 pub enum DatasetConfig {
     /// A slice of the synthetic world (its training split unless `split` says otherwise).
     Synthetic(SyntheticConfig),
-    /// A COCO / Objects365 instances json and its image folder.
+    /// A COCO / Objects365 / LVIS instances json and its image folder.
     Coco {
         /// The annotation file.
         annotations: PathBuf,
         /// The image folder.
         images: PathBuf,
+        /// The categories this source trains on (names as the file spells them, or with `_`
+        /// read as a space); `None`: all. The boxes of the others are dropped and their
+        /// images kept, as open-vocabulary protocols do ([`crate::splits`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        categories: Option<Vec<String>>,
+        /// Drop the boxes of LVIS rare categories (`frequency` `"r"`): LVIS rare-as-novel.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        drop_rare: bool,
     },
     /// An ODVG jsonl file (detection or grounding lines) and its image folder.
     Odvg {
@@ -245,6 +253,10 @@ pub struct CocoEvalConfig {
     /// Evaluate the first this many images of the file only (a quicker periodic evaluation).
     #[serde(default)]
     pub max_images: Option<usize>,
+    /// The categories evaluated (names as the file spells them, or with `_` read as a space);
+    /// `None`: all. COCO 48/17 evaluates 65 of COCO's 80 ([`crate::splits`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<String>>,
 }
 
 /// The training sources and the evaluation set of a run.
@@ -315,6 +327,63 @@ fn must_exist(path: &std::path::Path, what: &str) -> Result<()> {
     }
 }
 
+/// The concept names of the categories of a file that a source or an evaluation set keeps:
+/// those named in `names` (all when `None`; as the file spells them, or with `_` read as a
+/// space), less the rare ones when `drop_rare`. A name not in the file, or `drop_rare` on a
+/// file without frequencies, is an error.
+pub fn kept_categories(
+    categories: &[detclip_core::data::Category],
+    names: Option<&[String]>,
+    drop_rare: bool,
+    file: &std::path::Path,
+) -> Result<std::collections::HashSet<String>> {
+    let bad = |why: String| {
+        Err(DetError::InvalidOption {
+            op: "data",
+            why: format!("{}: {why}", file.display()),
+        })
+    };
+    let named =
+        |c: &detclip_core::data::Category, n: &String| *n == c.name || *n == c.concept_name();
+    if let Some(names) = names {
+        let unknown: Vec<&String> = names
+            .iter()
+            .filter(|n| !categories.iter().any(|c| named(c, n)))
+            .collect();
+        if !unknown.is_empty() {
+            return bad(format!("categories not in the file: {unknown:?}"));
+        }
+    }
+    if drop_rare && categories.iter().all(|c| c.frequency.is_none()) {
+        return bad("drop_rare needs LVIS category frequencies, and the file has none".into());
+    }
+    Ok(categories
+        .iter()
+        .filter(|c| names.is_none_or(|names| names.iter().any(|n| named(c, n))))
+        .filter(|c| !(drop_rare && c.frequency == Some(detclip_core::data::Frequency::Rare)))
+        .map(|c| c.concept_name())
+        .collect())
+}
+
+/// Keeps the concepts of `sample` named in `keep`, and the instances that still have one.
+fn restrict_sample(sample: &mut Sample, keep: &std::collections::HashSet<String>) {
+    let mut map = vec![None; sample.concepts.len()];
+    let mut kept = Vec::with_capacity(sample.concepts.len());
+    for (i, c) in std::mem::take(&mut sample.concepts).into_iter().enumerate() {
+        if keep.contains(&c.name) {
+            map[i] = Some(kept.len());
+            kept.push(c);
+        }
+    }
+    sample.concepts = kept;
+    sample.instances.retain_mut(|inst| {
+        inst.concepts = inst.concepts.iter().filter_map(|&c| map[c]).collect();
+        !inst.concepts.is_empty()
+    });
+    sample.negatives.retain(|c| keep.contains(&c.name));
+    sample.not_exhaustive.retain(|c| keep.contains(&c.name));
+}
+
 impl Source {
     /// Reads the source's samples (every sample must be good: a bad one stops the run).
     pub fn load(config: &SourceConfig) -> Result<Self> {
@@ -324,10 +393,23 @@ impl Source {
             DatasetConfig::Coco {
                 annotations,
                 images,
+                categories,
+                drop_rare,
             } => {
                 must_exist(annotations, "annotation file")?;
                 must_exist(images, "image folder")?;
-                read_coco(annotations, images, options)?.samples
+                let dataset = read_coco(annotations, images, options)?;
+                let keep = kept_categories(
+                    &dataset.categories,
+                    categories.as_deref(),
+                    *drop_rare,
+                    annotations,
+                )?;
+                let mut samples = dataset.samples;
+                for s in &mut samples {
+                    restrict_sample(s, &keep);
+                }
+                samples
             }
             DatasetConfig::Odvg {
                 annotations,

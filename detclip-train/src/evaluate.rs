@@ -4,7 +4,8 @@
 //!
 //! An [`EvalSet`] is the synthetic world's test split (ground truth built from its samples) or
 //! a COCO-format instances json (scored against the file's own ground truth: its image and
-//! category ids, areas and crowd flags).
+//! category ids, areas and crowd flags). An LVIS file (categories with frequencies) is also
+//! scored with the federated LVIS evaluator (APr / APc / APf).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -14,7 +15,9 @@ use detclip_core::data::{
     Frequency, Loaded, OnError, Orientation, ReadOptions, Sample, collate, read_coco,
 };
 use detclip_core::eval::json::{GtAnnotation, GtCategory, GtImage};
-use detclip_core::eval::{CocoStats, Detection, GroundTruth, evaluate_coco};
+use detclip_core::eval::{
+    CocoStats, Detection, GroundTruth, LvisStats, evaluate_coco, evaluate_lvis,
+};
 use detclip_core::ext::DetclipOps;
 use detclip_core::{DetError, Result};
 use serde::Serialize;
@@ -93,7 +96,18 @@ impl EvalSet {
             }
         }
         let options = ReadOptions::default().on_error(OnError::Stop);
-        let dataset = read_coco(&config.annotations, &config.images, options)?;
+        let mut dataset = read_coco(&config.annotations, &config.images, options)?;
+        if config.categories.is_some() {
+            let keep = crate::data::kept_categories(
+                &dataset.categories,
+                config.categories.as_deref(),
+                false,
+                &config.annotations,
+            )?;
+            dataset
+                .categories
+                .retain(|c| keep.contains(&c.concept_name()));
+        }
         let mut samples = dataset.samples;
         if let Some(n) = config.max_images {
             samples.truncate(n);
@@ -107,14 +121,18 @@ impl EvalSet {
             .iter()
             .map(|c| c.concept_name())
             .collect();
-        let category_ids = dataset.categories.iter().map(|c| c.id as i64).collect();
+        let category_ids: Vec<i64> = dataset.categories.iter().map(|c| c.id as i64).collect();
         let held_out = held_out_names(config, &dataset.categories)?;
         let mut ground_truth = GroundTruth::from_file(&config.annotations)?;
         let kept: HashSet<i64> = image_ids.iter().copied().collect();
         ground_truth.images.retain(|i| kept.contains(&i.id));
+        let evaluated: HashSet<i64> = category_ids.iter().copied().collect();
+        ground_truth
+            .categories
+            .retain(|c| evaluated.contains(&c.id));
         ground_truth
             .annotations
-            .retain(|a| kept.contains(&a.image_id));
+            .retain(|a| kept.contains(&a.image_id) && evaluated.contains(&a.category_id));
         Ok(Self {
             samples,
             vocabulary,
@@ -158,7 +176,7 @@ fn held_out_names(
         return Err(DetError::InvalidOption {
             op: "eval",
             why: format!(
-                "{}: held-out categories not in the file: {unknown:?}",
+                "{}: held-out categories not in the file or not among the evaluated `categories`: {unknown:?}",
                 config.annotations.display()
             ),
         });
@@ -321,6 +339,11 @@ pub struct EvalReport {
     pub seen: CocoStats,
     /// The held-out concepts (None when there are none).
     pub held_out: Option<CocoStats>,
+    /// For a set read from an LVIS file (categories with frequencies): the federated LVIS
+    /// evaluation of every concept (`LVISEval`: APr / APc / APf, 300 detections per image).
+    /// `all`, `seen` and `held_out` stay COCO-style scores of the same detections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lvis: Option<LvisStats>,
 }
 
 /// Evaluates detections of `samples` against `vocabulary`, split into seen and held-out.
@@ -342,6 +365,7 @@ pub fn evaluate(
         } else {
             Some(coco_ap(samples, dets, vocabulary, &held)?)
         },
+        lvis: None,
     })
 }
 
@@ -386,6 +410,11 @@ pub fn evaluate_set(set: &EvalSet, dets: &[Vec<Detected>]) -> Result<EvalReport>
             .collect();
         Ok(evaluate_coco(&gt, &dts)?.stats)
     };
+    let federated = truth
+        .ground_truth
+        .categories
+        .iter()
+        .any(|c| c.frequency.is_some());
     Ok(EvalReport {
         all: evaluate_coco(&truth.ground_truth, &all)?.stats,
         seen: score(&seen)?,
@@ -393,6 +422,11 @@ pub fn evaluate_set(set: &EvalSet, dets: &[Vec<Detected>]) -> Result<EvalReport>
             None
         } else {
             Some(score(&held)?)
+        },
+        lvis: if federated {
+            Some(evaluate_lvis(&truth.ground_truth, &all)?.stats)
+        } else {
+            None
         },
     })
 }

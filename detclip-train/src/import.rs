@@ -6,8 +6,8 @@
 //! `config.json` and a `checkpoint.bin` at step 0 (the model, a fresh optimiser state, the
 //! sampler at its start) — the files `train` writes. So `detclip detect --checkpoint
 //! RUN/checkpoint.bin` runs the released model, `detclip train --config RUN/config.json --out
-//! RUN --resume` trains on from it, and a recipe's own fine-tuning option (`glip`'s
-//! `init_from`) can start from it.
+//! RUN --resume` trains on from it, and `learner.init_from` starts a fine-tuning run from
+//! it.
 //!
 //! Bad input — a recipe without a released format, a missing file, a missing, unexpected or
 //! mis-shaped key, a folder that already holds a run — is one error, and nothing is written.

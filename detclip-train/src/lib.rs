@@ -30,4 +30,5 @@ pub mod import;
 pub mod learner;
 pub mod recipe;
 pub mod recipes;
+pub mod splits;
 pub mod vild;

@@ -15,7 +15,7 @@ pub const LVIS_MAX_DETS: usize = 300;
 
 /// The 13 numbers of `LVISEval.results`, named as the lvis package names them
 /// (`AR@300` is [`LvisStats::AR300`], `ARs@300` is `ARs300`, …); -1 where undefined.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 #[allow(non_snake_case)]
 pub struct LvisStats {
     /// AP @ IoU 0.50:0.95.

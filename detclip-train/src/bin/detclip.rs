@@ -65,7 +65,7 @@ enum Command {
     },
     /// Train a recipe with the shared learner.
     Train {
-        /// The recipe (`shapes`, `regionspot`, `detclipv2`, `glip`).
+        /// The recipe (`shapes`, `regionspot`, `detclipv2`, `glip`, `vild`).
         #[arg(long)]
         recipe: String,
         /// The recipe's config as JSON (default: the recipe's preset).
@@ -428,6 +428,12 @@ fn run_train(
                 print_ap("seen", &e.seen);
                 if let Some(h) = &e.held_out {
                     print_ap("held-out", h);
+                }
+                if let Some(l) = &e.lvis {
+                    println!(
+                        "  LVIS (federated) AP {:.3}  APr {:.3}  APc {:.3}  APf {:.3}",
+                        l.AP, l.APr, l.APc, l.APf
+                    );
                 }
             }
             ExitCode::SUCCESS

@@ -67,6 +67,12 @@ pub struct LearnerConfig {
     pub eval_every: u64,
     /// Images per evaluation batch.
     pub eval_batch_size: usize,
+    /// A checkpoint of the same recipe whose model starts a fresh run: fine-tuning, or the
+    /// second stage of a schedule. Only the model is taken; the optimiser, the schedule and the
+    /// sampler start afresh, and [`Recipe::prepare`] is skipped (the checkpoint's model is
+    /// already prepared). A resumed run ignores it: its own checkpoint holds the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 impl LearnerConfig {
@@ -101,6 +107,7 @@ impl LearnerConfig {
             checkpoint_every: 200,
             eval_every: 0,
             eval_batch_size: 8,
+            init_from: None,
         }
     }
 
@@ -403,6 +410,15 @@ where
     let started = Instant::now();
     recipe.validate()?;
     let cfg = recipe.learner();
+    if let Some(path) = &cfg.init_from
+        && !options.resume
+        && !path.is_file()
+    {
+        return Err(DetError::Io {
+            path: path.display().to_string(),
+            msg: "learner.init_from: no such checkpoint file".into(),
+        });
+    }
     let files = RunFiles::of(&options.out);
     let resume_from = prepare_out(recipe, options, &files)?;
     let sources = recipe
@@ -425,7 +441,7 @@ where
         sampler.restore(ckpt.header.sampler.clone())?;
         start = ckpt.header.step;
     } else {
-        model = recipe.prepare(model, device)?;
+        model = start_model(recipe, model, device)?;
     }
     let mut optim = GroupedAdamW::<B, R::Model<B>>::new(cfg.optim.clone(), &model, R::param_group);
     if let Some(ckpt) = &resume_from {
@@ -551,6 +567,24 @@ where
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The model a fresh run starts from: `learner.init_from`'s model when it is set (a checkpoint
+/// of another recipe, or of another model shape, is refused), else the freshly built `model`
+/// after [`Recipe::prepare`].
+pub fn start_model<R: Recipe, B: DetclipAutodiffBackend>(
+    recipe: &R,
+    model: R::Model<B>,
+    device: &B::Device,
+) -> Result<R::Model<B>> {
+    match &recipe.learner().init_from {
+        Some(path) => {
+            let ckpt = Checkpoint::read(path)?;
+            ckpt.expect_recipe(R::NAME, path)?;
+            load_model_bytes(model, &ckpt.model, device, path)
+        }
+        None => recipe.prepare(model, device),
+    }
 }
 
 /// Builds the recipe's model with the learner's seed and initialises every parameter at once,

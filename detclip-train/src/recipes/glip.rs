@@ -43,7 +43,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig};
-use crate::learner::{Checkpoint, LearnerConfig, load_model_bytes};
+use crate::learner::LearnerConfig;
 use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
 
 /// The model's sizes (a Swin backbone, a BERT text encoder, the VLDyHead).
@@ -167,8 +167,6 @@ pub struct GlipRecipe {
     /// The fine-tuning mode; `learner.optim.frozen` must be its groups
     /// ([`GlipRecipe::with_fine_tune`] sets both).
     pub fine_tune: FineTune,
-    /// A `glip` checkpoint whose model starts the run (fine-tuning a trained model).
-    pub init_from: Option<String>,
     /// Training sources and evaluation set.
     pub data: DataConfig,
     /// The learner.
@@ -263,7 +261,6 @@ impl GlipRecipe {
                 descriptions: BTreeMap::new(),
             },
             fine_tune: FineTune::Full,
-            init_from: None,
             data: DataConfig {
                 sources: vec![
                     source(
@@ -534,22 +531,13 @@ impl Recipe for GlipRecipe {
 
     fn build<B: Backend>(&self, device: &B::Device) -> Result<GlipDetector<B>> {
         let glip = self.glip_config().init(device)?;
-        let model = GlipDetector {
+        Ok(GlipDetector {
             glip,
             prompt: Param::from_tensor(Tensor::zeros(
                 [self.text.max_tokens, self.model.bert_hidden],
                 device,
             )),
-        };
-        match &self.init_from {
-            None => Ok(model),
-            Some(path) => {
-                let path = std::path::Path::new(path);
-                let ckpt = Checkpoint::read(path)?;
-                ckpt.expect_recipe(Self::NAME, path)?;
-                load_model_bytes(model, &ckpt.model, device, path)
-            }
-        }
+        })
     }
 
     fn learner(&self) -> &LearnerConfig {

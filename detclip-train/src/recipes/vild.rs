@@ -34,8 +34,10 @@ use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_core::ops::{RoiAlignOptions, roi_align};
 use detclip_core::{DetError, Result};
 use detclip_models::clip::{
-    Clip, ClipConfig, ClipLayout, ClipTextConfig, ClipVisionConfig, EotPooling, l2_normalize,
+    Clip, ClipConfig, ClipLayout, ClipTextConfig, ClipVisionConfig, EotPooling, hf_clip_keys,
+    l2_normalize, openai_clip_keys,
 };
+use detclip_models::import::{LoadOptions, load_checkpoint};
 use detclip_models::layers::NormMode;
 use detclip_models::vild::{
     EnsembleWeights, HostBox, SampleRng, TeacherRegions, Vild, VildConfig, VildDetections,
@@ -99,6 +101,49 @@ pub struct SmallClip {
     pub embed_dim: usize,
 }
 
+/// ViLD's CLIP teacher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VildClip {
+    /// A small CLIP of these sizes, built here (the synthetic world: `teacher` pre-trains it).
+    Small(SmallClip),
+    /// A released CLIP, loaded from its state dict by [`Recipe::prepare`] (OpenAI's key layout
+    /// or Hugging Face's, as `config` says). ViLD's teacher is ViT-B/32
+    /// ([`VildClip::vit_b_32`]). Class names go through CLIP's tokenizer (`text: tokenizer`).
+    Released {
+        /// Its sizes and key layout.
+        config: ClipConfig,
+        /// The state dict (`.pt` / `.pth` saved as a state dict, or safetensors).
+        weights: PathBuf,
+    },
+}
+
+impl VildClip {
+    /// OpenAI's ViT-B/32 (ViLD's teacher) from its state dict at `weights`.
+    pub fn vit_b_32(weights: impl Into<PathBuf>) -> Self {
+        VildClip::Released {
+            config: ClipConfig::vit_b_32(ClipLayout::OpenAi),
+            weights: weights.into(),
+        }
+    }
+
+    /// The joint embedding width (the detector's embedding width).
+    pub fn embed_dim(&self) -> usize {
+        match self {
+            VildClip::Small(s) => s.embed_dim,
+            VildClip::Released { config, .. } => config.vision.embed_dim,
+        }
+    }
+
+    /// The image tower's input side (the crops' side).
+    pub fn image_size(&self) -> usize {
+        match self {
+            VildClip::Small(s) => s.image_size,
+            VildClip::Released { config, .. } => config.vision.image_size,
+        }
+    }
+}
+
 /// Loss settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,8 +184,8 @@ pub struct VildTestSettings {
 pub struct VildRecipe {
     /// The detector.
     pub detector: VildDetectorSize,
-    /// The CLIP teacher's sizes.
-    pub clip: SmallClip,
+    /// The CLIP teacher: small (built and pre-trained here) or released (loaded).
+    pub clip: VildClip,
     /// How class names are tokenised.
     pub text: TextSide,
     /// Prompt templates, each with one `{}` (ViLD: "a photo of {} in the scene").
@@ -263,7 +308,7 @@ impl VildRecipe {
                 mask_width: 16,
                 batch_norm: true,
             }),
-            clip: SmallClip {
+            clip: VildClip::Small(SmallClip {
                 image_size: 32,
                 patch: 8,
                 width: 64,
@@ -271,7 +316,7 @@ impl VildRecipe {
                 layers: 2,
                 heads: 4,
                 embed_dim: 32,
-            },
+            }),
             text: TextSide::Words {
                 words: words_of(&names, &templates),
                 context: 12,
@@ -340,7 +385,7 @@ impl VildRecipe {
             mask_width: 8,
             batch_norm: true,
         });
-        r.clip = SmallClip {
+        r.clip = VildClip::Small(SmallClip {
             image_size: 16,
             patch: 8,
             width: 16,
@@ -348,7 +393,7 @@ impl VildRecipe {
             layers: 1,
             heads: 2,
             embed_dim: 16,
-        };
+        });
         if let Some(t) = &mut r.teacher {
             t.images = 8;
             t.steps = 4;
@@ -391,7 +436,7 @@ impl VildRecipe {
 
     /// The detector's configuration.
     pub fn detector_config(&self) -> VildConfig {
-        let e = self.clip.embed_dim;
+        let e = self.clip.embed_dim();
         match &self.detector {
             VildDetectorSize::R50 => VildConfig::r50(e),
             VildDetectorSize::Small(s) => {
@@ -418,10 +463,23 @@ impl VildRecipe {
     /// CLIP's configuration.
     ///
     /// # Errors
-    /// [`DetError::InvalidOption`] for a tokenizer file (the small CLIP takes a word
-    /// vocabulary).
+    /// [`DetError::InvalidOption`] for a tokenizer file with the small CLIP (it takes a word
+    /// vocabulary), or a word vocabulary with a released CLIP (it reads its own tokens).
     pub fn clip_config(&self) -> Result<ClipConfig> {
-        let s = &self.clip;
+        let s = match &self.clip {
+            VildClip::Small(s) => s,
+            VildClip::Released { config, .. } => {
+                if self.text.vocab_size().is_some() {
+                    return Err(DetError::InvalidOption {
+                        op: "vild",
+                        why: "a released CLIP reads class names through its own tokenizer \
+                              (`text: tokenizer` with its tokenizer.json), not a word vocabulary"
+                            .into(),
+                    });
+                }
+                return Ok(config.clone());
+            }
+        };
         let vocab = self
             .text
             .vocab_size()
@@ -494,7 +552,7 @@ impl VildRecipe {
             }
         }
         let cache = model.classes.0.lock().expect("class cache poisoned");
-        let e = self.clip.embed_dim;
+        let e = self.clip.embed_dim();
         let flat: Vec<f32> = names
             .iter()
             .flat_map(|n| cache[&key(n)].iter().copied())
@@ -678,7 +736,7 @@ impl VildRecipe {
         image_sizes: &[(usize, usize)],
     ) -> Result<Tensor<B, 2>> {
         let device = images.device();
-        let e = self.clip.embed_dim;
+        let e = self.clip.embed_dim();
         let k: usize = boxes.iter().map(Vec::len).sum();
         if k == 0 {
             return Ok(Tensor::zeros([0, e], &device));
@@ -694,7 +752,7 @@ impl VildRecipe {
             }
         }
         let rois = Tensor::<B, 2>::from_data(TensorData::new(rows, [scales.len() * k, 5]), &device);
-        let side = self.clip.image_size;
+        let side = self.clip.image_size();
         let options = RoiAlignOptions {
             output_size: [side, side],
             spatial_scale: 1.0,
@@ -881,10 +939,20 @@ impl Recipe for VildRecipe {
         model: VildModel<B>,
         device: &B::Device,
     ) -> Result<VildModel<B>> {
+        if let VildClip::Released { config, weights } = &self.clip {
+            let keys = match config.vision.layout {
+                ClipLayout::Hf => hf_clip_keys(),
+                ClipLayout::OpenAi => openai_clip_keys(),
+            };
+            let mut clip = model.clip;
+            load_checkpoint(&mut clip, weights, &keys, &LoadOptions::default())?;
+            // A fresh model: the class cache must not hold embeddings of the unloaded CLIP.
+            return Ok(VildModel::new(model.detector, clip));
+        }
         let Some(t) = &self.teacher else {
             return Ok(model);
         };
-        let side = self.clip.image_size;
+        let side = self.clip.image_size();
         let data = teacher::teacher_data(t, side, side, side)?;
         let template = self.templates.first().map_or(TEMPLATE, String::as_str);
         let seed = self.learner.seed;
@@ -1074,7 +1142,26 @@ impl Recipe for VildRecipe {
         if t.max_detections == 0 || !(0.0..=1.0).contains(&t.nms_iou) {
             return bad("test.max_detections must be positive and test.nms_iou in [0, 1]".into());
         }
-        let c = &self.clip;
+        let c = match &self.clip {
+            VildClip::Small(c) => c,
+            VildClip::Released { weights, .. } => {
+                if self.teacher.is_some() {
+                    return bad(
+                        "`teacher` pre-trains the small CLIP; a released CLIP is loaded as it is \
+                         (set teacher to null)"
+                            .into(),
+                    );
+                }
+                if !weights.is_file() {
+                    return Err(DetError::Io {
+                        path: weights.display().to_string(),
+                        msg: "the released CLIP's weights (clip.released.weights) do not exist"
+                            .into(),
+                    });
+                }
+                return self.clip_config().map(|_| ());
+            }
+        };
         if c.patch == 0
             || !c.image_size.is_multiple_of(c.patch)
             || c.heads == 0

@@ -91,6 +91,8 @@ backend_test! {
         recipe.data.sources[0].dataset = DatasetConfig::Coco {
             annotations: "/nonexistent/instances.json".into(),
             images: "/nonexistent/images".into(),
+            categories: None,
+            drop_rare: false,
         };
         let out = scratch("missing-data").join("run");
         let mut o = RunOptions::new(&out);

@@ -1,16 +1,21 @@
 //! Evaluation sets read from COCO-format files: the synthetic test split written out as a
 //! COCO (and an LVIS-style) json with its own ids scores exactly as the synthetic set does,
-//! held-out categories are named or LVIS-rare, bad sets are refused, and training evaluates
-//! such a set periodically into the log and `eval.json`.
+//! held-out categories are named or LVIS-rare (and an LVIS file is also scored federated), bad
+//! sets are refused, and training evaluates such a set periodically into the log and
+//! `eval.json`. The open-vocabulary splits (`splits`: COCO 48/17, LVIS rare-as-novel) keep
+//! only their base boxes in training and score the split's categories.
 
 use std::path::{Path, PathBuf};
 
 use detclip_core::data::ImageSource;
-use detclip_train::data::{CocoEvalConfig, DataConfig, EvalConfig, SyntheticConfig};
+use detclip_train::data::{
+    CocoEvalConfig, DataConfig, DatasetConfig, EvalConfig, Source, SyntheticConfig,
+};
 use detclip_train::evaluate::{EvalSet, evaluate_set};
 use detclip_train::learner::{RunFiles, RunOptions, read_log, train};
 use detclip_train::recipe::Detected;
 use detclip_train::recipes::ShapesRecipe;
+use detclip_train::splits::{COCO_BASE_48, COCO_NOVEL_17, coco_48_17};
 use serde_json::{Value, json};
 
 use crate::harness::{init_lock, scratch};
@@ -39,8 +44,9 @@ fn image_id(i: usize) -> i64 {
 }
 
 /// Writes `set` (a synthetic set) as a COCO instances json and PNG images under `dir`. Names
-/// are written with `_` for spaces, as LVIS spells them; `frequency` is `"r"` for held-out
-/// categories and `"f"` for the others when `lvis` is set.
+/// are written with `_` for spaces, as LVIS spells them; when `lvis` is set, `frequency` is
+/// `"r"` for held-out categories and `"f"` for the others, and images have (empty) negative
+/// and not-exhaustive lists.
 fn write_coco(set: &EvalSet, dir: &Path, lvis: bool) -> (PathBuf, PathBuf) {
     let images_dir = dir.join("images");
     std::fs::create_dir_all(&images_dir).unwrap();
@@ -52,9 +58,13 @@ fn write_coco(set: &EvalSet, dir: &Path, lvis: bool) -> (PathBuf, PathBuf) {
         };
         let file = format!("img{i}.png");
         pixels.save(images_dir.join(&file)).unwrap();
-        images.push(
-            json!({"id": image_id(i), "file_name": file, "width": s.width, "height": s.height}),
-        );
+        let mut image =
+            json!({"id": image_id(i), "file_name": file, "width": s.width, "height": s.height});
+        if lvis {
+            image["neg_category_ids"] = json!([]);
+            image["not_exhaustive_category_ids"] = json!([]);
+        }
+        images.push(image);
         for inst in &s.instances {
             for &c in &inst.concepts {
                 let v = set
@@ -134,6 +144,7 @@ fn coco_config(file: PathBuf, images: PathBuf, held_out: Vec<String>) -> CocoEva
         held_out,
         held_out_rare: false,
         max_images: None,
+        categories: None,
     }
 }
 
@@ -175,10 +186,29 @@ fn lvis_rare_categories_are_the_held_out_ones() {
     config.held_out_rare = true;
     let set = EvalSet::coco(&config).unwrap();
     assert_eq!(set.held_out, synthetic.held_out);
-    assert_eq!(
+    let (file_report, expected) = (
         evaluate_set(&set, &dets).unwrap(),
-        evaluate_set(&synthetic, &dets).unwrap()
+        evaluate_set(&synthetic, &dets).unwrap(),
     );
+    assert_eq!(
+        (file_report.all, file_report.seen, file_report.held_out),
+        (expected.all, expected.seen, expected.held_out)
+    );
+    // The file has frequencies, so the federated LVIS evaluation runs too. With no negative
+    // image lists, a category's detections count only on images that have it: never more
+    // false positives than the COCO score of the same categories.
+    assert!(expected.lvis.is_none());
+    let lvis = file_report.lvis.expect("an LVIS file is scored federated");
+    let (held, seen) = (expected.held_out.unwrap(), expected.seen);
+    assert!(
+        lvis.APr > 0.0 && lvis.APr >= held.AP - 1e-9,
+        "{lvis:?} vs {held:?}"
+    );
+    assert!(
+        lvis.APf > 0.0 && lvis.APf >= seen.AP - 1e-9,
+        "{lvis:?} vs {seen:?}"
+    );
+    assert_eq!(lvis.APc, -1.0, "no category is common");
     // Without frequencies there is nothing rare: a clear error, not an empty held-out set.
     let (file, images) = write_coco(&synthetic, &dir.join("coco"), false);
     let mut config = coco_config(file, images, Vec::new());
@@ -316,4 +346,193 @@ backend_test! {
         assert_eq!(json["all"]["AP"].as_f64().unwrap(), report.all.AP);
         assert_eq!(read_log(&RunFiles::of(&out).log).unwrap().len(), 4);
     }
+}
+
+/// The split's names against the shared COCO category list: 48 + 17 distinct COCO categories.
+#[test]
+fn coco_48_17_names_are_coco_categories() {
+    let Some(data) = crate::harness::shared_data("coco_48_17_names_are_coco_categories") else {
+        return;
+    };
+    let list: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(data.join("vocab/coco_categories.json")).unwrap(),
+    )
+    .unwrap();
+    let coco: Vec<&str> = list.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(coco.len(), 80);
+    let mut names: Vec<&str> = COCO_BASE_48.iter().chain(&COCO_NOVEL_17).copied().collect();
+    assert!(names.iter().all(|n| coco.contains(n)), "{names:?}");
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 65, "base and novel overlap");
+}
+
+/// COCO 48/17 on the shared COCO subset: training keeps every image but only the base boxes;
+/// evaluation scores the 65 categories with the 17 novel ones held out, and perfect
+/// detections of them score AP 1 (the 15 other categories are not evaluated at all).
+#[test]
+fn coco_48_17_trains_on_base_boxes_and_scores_65_categories() {
+    let Some(data) = crate::harness::shared_data("coco_48_17_trains_on_base_boxes") else {
+        return;
+    };
+    let ann = data.join("annotations/coco2017_subset/instances.json");
+    let img = data.join("images/coco2017");
+    let split = coco_48_17((&ann, &img), (&ann, &img));
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&ann).unwrap()).unwrap();
+    let name_of = |id: &Value| {
+        file["categories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| &c["id"] == id)
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let base_boxes = file["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| COCO_BASE_48.contains(&name_of(&a["category_id"]).as_str()))
+        .count();
+
+    let source = Source::load(&split.sources[0]).unwrap();
+    assert_eq!(
+        source.samples.len(),
+        file["images"].as_array().unwrap().len(),
+        "images dropped"
+    );
+    let boxes: usize = source.samples.iter().map(|s| s.instances.len()).sum();
+    assert_eq!(boxes, base_boxes);
+    assert!(
+        source
+            .vocabulary
+            .iter()
+            .all(|n| COCO_BASE_48.contains(&n.as_str())),
+        "{:?}",
+        source.vocabulary
+    );
+    assert!(
+        source
+            .samples
+            .iter()
+            .all(|s| s.instances.iter().all(|i| !i.concepts.is_empty()))
+    );
+
+    let set = EvalSet::from_config(split.eval.as_ref().unwrap()).unwrap();
+    assert_eq!(set.vocabulary.len(), 65);
+    let mut held = set.held_out.clone();
+    held.sort();
+    let mut novel: Vec<String> = COCO_NOVEL_17.iter().map(|s| s.to_string()).collect();
+    novel.sort();
+    assert_eq!(held, novel);
+    let truth = set.truth.as_ref().unwrap();
+    assert!(
+        truth
+            .ground_truth
+            .annotations
+            .iter()
+            .all(|a| truth.category_ids.contains(&a.category_id))
+    );
+    let mut k = 0;
+    let perfect: Vec<Vec<Detected>> = set
+        .samples
+        .iter()
+        .map(|s| {
+            s.instances
+                .iter()
+                .filter_map(|inst| {
+                    let label = set
+                        .vocabulary
+                        .iter()
+                        .position(|n| *n == s.concepts[inst.concepts[0]].name)?;
+                    k += 1;
+                    Some(Detected {
+                        bbox: inst.bbox,
+                        label,
+                        score: 1.0 - 1e-4 * k as f32,
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let report = evaluate_set(&set, &perfect).unwrap();
+    let held_ap = report.held_out.unwrap().AP;
+    assert!(
+        report.all.AP > 0.999 && report.seen.AP > 0.999 && held_ap > 0.999,
+        "{report:?}"
+    );
+    assert!(report.lvis.is_none(), "a COCO file is not scored federated");
+}
+
+#[test]
+fn split_categories_are_checked_and_rare_boxes_dropped() {
+    // An LVIS-style file: the synthetic set's held-out categories are the rare ones.
+    let synthetic = EvalSet::synthetic(&world()).unwrap();
+    let dir = scratch("split-rare");
+    let (file, images) = write_coco(&synthetic, &dir, true);
+    let mut source = ShapesRecipe::tiny().data.sources[0].clone();
+    let coco = |categories: Option<Vec<String>>, drop_rare: bool| DatasetConfig::Coco {
+        annotations: file.clone(),
+        images: images.clone(),
+        categories,
+        drop_rare,
+    };
+    source.dataset = coco(None, false);
+    let all = Source::load(&source).unwrap();
+    source.dataset = coco(None, true);
+    let base = Source::load(&source).unwrap();
+    let count = |s: &Source, held: bool| -> usize {
+        s.samples
+            .iter()
+            .flat_map(|x| {
+                x.instances
+                    .iter()
+                    .map(move |i| &x.concepts[i.concepts[0]].name)
+            })
+            .filter(|n| synthetic.held_out.contains(n) == held)
+            .count()
+    };
+    assert!(count(&all, true) > 0 && count(&all, false) > 0);
+    assert_eq!(count(&base, true), 0, "rare boxes were kept");
+    assert_eq!(
+        count(&base, false),
+        count(&all, false),
+        "base boxes were dropped"
+    );
+    assert_eq!(base.samples.len(), all.samples.len());
+
+    // A name the file does not have, and drop_rare on a file without frequencies.
+    source.dataset = coco(
+        Some(vec![synthetic.vocabulary[0].clone(), "unicorn".into()]),
+        false,
+    );
+    let err = Source::load(&source).err().unwrap().to_string();
+    assert!(
+        err.contains("unicorn") && err.contains("not in the file"),
+        "{err}"
+    );
+    let (plain, plain_images) = write_coco(&synthetic, &dir.join("coco"), false);
+    source.dataset = DatasetConfig::Coco {
+        annotations: plain,
+        images: plain_images,
+        categories: None,
+        drop_rare: true,
+    };
+    let err = Source::load(&source).err().unwrap().to_string();
+    assert!(
+        err.contains("drop_rare needs LVIS category frequencies"),
+        "{err}"
+    );
+    // An evaluation set whose held-out names are outside its categories.
+    let mut config = coco_config(file, images, vec![synthetic.held_out[0].clone()]);
+    config.categories = Some(vec![
+        synthetic
+            .vocabulary
+            .iter()
+            .find(|n| !synthetic.held_out.contains(n))
+            .unwrap()
+            .clone(),
+    ]);
+    let err = EvalSet::coco(&config).unwrap_err().to_string();
+    assert!(err.contains("held-out categories not in the file"), "{err}");
 }

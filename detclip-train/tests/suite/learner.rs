@@ -1,5 +1,6 @@
 //! The learner on the tiny `shapes` preset: the loss falls, a resumed run repeats the
-//! uninterrupted one exactly, frozen groups stay put, detections are written.
+//! uninterrupted one exactly, `init_from` starts a run from another's model, frozen groups
+//! stay put, detections are written.
 
 use detclip_train::detect::detect_and_write;
 use detclip_train::learner::{RunFiles, StepLog, init_model, load_trained, read_log, train};
@@ -91,6 +92,39 @@ backend_test! {
         assert_eq!(floats(&trained.backbone), floats(&initial.backbone), "backbone moved");
         assert_eq!(floats(&trained.text), floats(&initial.text), "language side moved");
         assert_ne!(floats(&trained.head), floats(&initial.head), "the head did not train");
+    }
+}
+
+backend_test! {
+    fn init_from_starts_a_fresh_run_from_another_runs_model<B>(device) {
+        let mut first = ShapesRecipe::tiny();
+        first.learner.steps = 3;
+        let (a, b) = (scratch("init-from-a"), scratch("init-from-b"));
+        locked(|| train::<_, B>(&first, device, &quiet(&a))).unwrap();
+        let checkpoint = RunFiles::of(&a).checkpoint;
+        // The second stage: every group frozen, so its model must be the first run's exactly.
+        let mut second = ShapesRecipe::tiny();
+        second.learner.steps = 2;
+        second.learner.seed = 7;
+        second.learner.init_from = Some(checkpoint.clone());
+        second.learner.optim.frozen = vec![ParamGroup::Backbone, ParamGroup::Language, ParamGroup::New];
+        let run = locked(|| train::<_, B>(&second, device, &quiet(&b))).unwrap();
+        assert_eq!(run.steps.first().map(|s| s.step), Some(0), "a fresh run starts at step 0");
+        let load = |p: &std::path::Path| {
+            locked(|| load_trained::<ShapesRecipe, B::InnerBackend>(p, device)).unwrap().1
+        };
+        let (from_a, from_b) = (load(&checkpoint), load(&RunFiles::of(&b).checkpoint));
+        assert_eq!(floats(&from_b), floats(&from_a), "the second run did not start from the first's model");
+        let fresh = locked(|| init_model::<_, B::InnerBackend>(&second, device)).unwrap();
+        assert_ne!(floats(&fresh), floats(&from_a));
+
+        // A missing checkpoint is refused before anything is written.
+        let c = scratch("init-from-missing");
+        let out = c.join("run");
+        second.learner.init_from = Some(c.join("nothing.bin"));
+        let err = locked(|| train::<_, B>(&second, device, &quiet(&out))).unwrap_err().to_string();
+        assert!(err.contains("nothing.bin") && err.contains("init_from"), "{err}");
+        assert!(!out.exists(), "the run folder was written");
     }
 }
 

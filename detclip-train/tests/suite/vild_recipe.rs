@@ -1,6 +1,7 @@
 //! The `vild` recipe on the learner: the loss falls, held-out concepts are never targets, the
 //! ViLD-image term exists only with `w > 0` and its target is the teacher's (on the fly or
-//! precomputed), and bad configs are errors.
+//! precomputed), a released CLIP is loaded and its class embeddings match torch's, and bad
+//! configs are errors.
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
@@ -8,21 +9,16 @@ use detclip_core::data::synthetic::Split;
 use detclip_train::commands::AnyRecipe;
 use detclip_train::data::{DatasetConfig, JointSampler, Source, SyntheticSplit};
 use detclip_train::learner::{
-    EvalSet, RunOptions, evaluate_model, init_model, load_trained, train,
+    EvalSet, RunFiles, evaluate_model, init_model, load_trained, start_model, train,
 };
 use detclip_train::recipe::{Recipe, parse_config};
 use detclip_train::recipes::VildRecipe;
+use detclip_train::recipes::regionspot::TextSide;
+use detclip_train::recipes::vild::VildClip;
 use detclip_train::recipes::vild::VildModel;
 use detclip_train::vild::{PrecomputeOptions, load_teachers, precompute};
 
-use crate::harness::{init_lock, scratch};
-
-fn quiet(out: &std::path::Path) -> RunOptions {
-    let mut o = RunOptions::new(out);
-    o.progress = false;
-    o.evaluate = false;
-    o
-}
+use crate::harness::{Fixture, floats, init_lock, locked, quiet, scratch};
 
 fn mean(s: &[f64]) -> f64 {
     s.iter().sum::<f64>() / s.len() as f64
@@ -182,7 +178,7 @@ backend_test! {
             shard_size: 4,
             short_side: 64,
             max_long: Some(96),
-            crop_size: recipe.clip.image_size as u32,
+            crop_size: recipe.clip.image_size() as u32,
             ..Default::default()
         };
         precompute::<I<B>>(&inner.detector, &inner.clip.vision, &samples, &dir, &options, device)
@@ -228,8 +224,30 @@ fn vild_bad_configs_are_errors() {
     r.templates = vec!["no slot".into()];
     assert!(r.validate().is_err(), "template without {{}}");
     let mut r = ok.clone();
-    r.clip.image_size = 18;
+    if let VildClip::Small(c) = &mut r.clip {
+        c.image_size = 18;
+    }
     assert!(r.validate().is_err(), "side not a multiple of the patch");
+    // A released CLIP: its weights must exist, it is not pre-trained, and it reads names
+    // through its tokenizer.
+    let (released, _) = released_tiny();
+    let mut r = released.clone();
+    r.teacher = ok.teacher.clone();
+    assert!(r.validate().unwrap_err().to_string().contains("teacher"));
+    let mut r = released.clone();
+    r.text = ok.text.clone();
+    assert!(r.validate().unwrap_err().to_string().contains("tokenizer"));
+    let mut r = released.clone();
+    if let VildClip::Released { weights, .. } = &mut r.clip {
+        *weights = "/nonexistent/clip.pt".into();
+    }
+    assert!(
+        r.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/clip.pt")
+    );
+    released.validate().unwrap();
 
     // JSON: the preset round-trips; unknown fields and bad values are errors, not panics.
     let json = serde_json::to_string(&ok).unwrap();
@@ -244,4 +262,80 @@ fn vild_bad_configs_are_errors() {
         AnyRecipe::load("vild", None),
         Ok(AnyRecipe::Vild(_))
     ));
+}
+
+/// The names and templates of `scripts/fixtures/vild_recipe_clip.py`.
+const CLIP_NAMES: [&str; 3] = ["red ring", "blue star", "green square"];
+const CLIP_TEMPLATES: [&str; 2] = ["a photo of {} in the scene.", "a photo of a {}."];
+
+/// The tiny preset with the fixture's released-layout CLIP (OpenAI keys, the tiny BPE
+/// tokenizer's 536 ids) instead of the small pre-trained one; and the fixture folder.
+fn released_tiny() -> (VildRecipe, std::path::PathBuf) {
+    use detclip_models::clip::{
+        ClipConfig, ClipLayout, ClipTextConfig, ClipVisionConfig, EotPooling,
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = root.join("tests/fixtures");
+    let layout = ClipLayout::OpenAi;
+    let config = ClipConfig::new(
+        ClipVisionConfig::new()
+            .with_image_size(32)
+            .with_patch_size(8)
+            .with_width(32)
+            .with_layers(2)
+            .with_heads(4)
+            .with_mlp_width(64)
+            .with_embed_dim(16)
+            .with_layout(layout),
+        ClipTextConfig::new()
+            .with_vocab_size(536)
+            .with_context_length(48)
+            .with_width(32)
+            .with_layers(2)
+            .with_heads(4)
+            .with_mlp_width(64)
+            .with_embed_dim(16)
+            .with_layout(layout)
+            .with_pooling(EotPooling::ArgMax),
+    );
+    let mut r = VildRecipe::tiny();
+    r.clip = VildClip::Released {
+        config,
+        weights: fixtures.join("vild_clip_openai.safetensors"),
+    };
+    r.text = TextSide::Tokenizer {
+        path: root.join("../detclip-models/tests/fixtures/tokenizer_clip_tiny.json"),
+        context: 48,
+    };
+    r.teacher = None;
+    r.templates = CLIP_TEMPLATES.iter().map(|t| t.to_string()).collect();
+    (r, fixtures)
+}
+
+backend_test! {
+    fn vild_loads_a_released_clip_and_its_class_embeddings_match_torch<B>(device) {
+        type I<B> = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+        let (mut recipe, fixtures) = released_tiny();
+        recipe.learner.steps = 2;
+        let built = locked(|| {
+            let m = init_model::<_, B>(&recipe, device)?;
+            start_model(&recipe, m, device)
+        })
+        .unwrap();
+        let names: Vec<String> = CLIP_NAMES.iter().map(|n| n.to_string()).collect();
+        let got = recipe.class_embeddings(&built, &names, device).unwrap();
+        let got = got.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let want = Fixture::load(&fixtures, "vild_clip_io.safetensors").f32s("class_embeddings");
+        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("released CLIP class embeddings vs torch: max abs diff {diff:e}");
+        assert_eq!(got.len(), want.len());
+        assert!(diff < 1e-4, "class embeddings differ from torch by {diff}");
+
+        // A run trains the detector on top of it and leaves CLIP as loaded.
+        let out = scratch("vild-released-clip");
+        let run = locked(|| train::<_, B>(&recipe, device, &quiet(&out))).unwrap();
+        assert!(run.steps.iter().all(|s| s.loss.is_finite()));
+        let (_, trained) = locked(|| load_trained::<VildRecipe, I<B>>(&RunFiles::of(&out).checkpoint, device)).unwrap();
+        assert_eq!(floats(&trained.clip), floats(&built.clip.valid()), "CLIP moved");
+    }
 }
