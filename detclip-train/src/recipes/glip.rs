@@ -18,6 +18,7 @@
 //!   layers train), as frozen parameter groups of the learner.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use burn::module::Param;
 use burn::prelude::*;
@@ -84,13 +85,20 @@ pub struct GlipModelSizes {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GlipTextConfig {
-    /// Tokens per prompt, `[CLS]` and `[SEP]` included (GLIP: 256); also BERT's position
-    /// table and the prompt-tuning table.
+    /// Tokens per prompt, `[CLS]` and `[SEP]` included (GLIP: 256); also the prompt-tuning
+    /// table, and BERT's position table unless `positions` says otherwise.
     pub max_tokens: usize,
     /// Most class names in a training prompt (GLIP's `max_num_labels`).
     pub max_names: usize,
     /// Words added to the WordPiece vocabulary besides the synthetic world's.
     pub extra_words: Vec<String>,
+    /// A BERT `tokenizer.json` whose WordPiece vocabulary replaces the one built in code
+    /// (GLIP-T: `bert-base-uncased`'s, 30,522 pieces); `extra_words` must then be empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
+    /// Rows of BERT's position table (GLIP-T: BERT-base's 512); `None`: `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions: Option<usize>,
 }
 
 /// Loss settings.
@@ -244,6 +252,8 @@ impl GlipRecipe {
                 max_tokens: 64,
                 max_names: 20,
                 extra_words: Vec::new(),
+                tokenizer: None,
+                positions: None,
             },
             loss: GlipLossSettings {
                 focal_alpha: 0.25,
@@ -337,33 +347,50 @@ impl GlipRecipe {
         words
     }
 
-    /// The tokenizer: prompts padded to `max_tokens`; longer ones truncated or refused.
+    /// The tokenizer: prompts padded to `max_tokens`; longer ones truncated or refused. The
+    /// `text.tokenizer` file's, or a WordPiece vocabulary built from the synthetic world's words
+    /// and `extra_words`.
+    ///
+    /// # Errors
+    /// An unreadable or malformed tokenizer file.
     pub fn tokenizer(&self, overflow: Overflow) -> Result<TextTokenizer> {
-        wordpiece_tokenizer(
-            &self.words(),
-            TokenizerOptions::new(self.text.max_tokens).with_overflow(overflow),
-        )
+        let options = TokenizerOptions::new(self.text.max_tokens).with_overflow(overflow);
+        match &self.text.tokenizer {
+            Some(path) => TextTokenizer::from_file(path, options),
+            None => wordpiece_tokenizer(&self.words(), options),
+        }
+    }
+
+    /// BERT's word-piece count: the tokenizer file's, or the built vocabulary's.
+    fn vocab_size(&self) -> Result<usize> {
+        match &self.text.tokenizer {
+            Some(_) => Ok(self.tokenizer(Overflow::Error)?.vocab_size()),
+            None => Ok(wordpiece_vocabulary(&self.words()).len()),
+        }
     }
 
     /// The model configuration.
-    pub fn glip_config(&self) -> GlipConfig {
+    ///
+    /// # Errors
+    /// An unreadable or malformed `text.tokenizer` file (its vocabulary sizes BERT).
+    pub fn glip_config(&self) -> Result<GlipConfig> {
         let m = &self.model;
         let swin = SwinConfig::new(m.swin_dim, m.swin_depths, m.swin_heads)
             .with_window_size(m.swin_window)
             .with_drop_path_rate(0.0);
         let bert = BertConfig::new()
-            .with_vocab_size(wordpiece_vocabulary(&self.words()).len())
+            .with_vocab_size(self.vocab_size()?)
             .with_hidden_size(m.bert_hidden)
             .with_num_layers(m.bert_layers)
             .with_num_heads(m.bert_heads)
             .with_intermediate_size(m.bert_intermediate)
-            .with_max_position_embeddings(self.text.max_tokens);
-        GlipConfig::new(GlipBackboneConfig::Swin(swin), bert)
+            .with_max_position_embeddings(self.text.positions.unwrap_or(self.text.max_tokens));
+        Ok(GlipConfig::new(GlipBackboneConfig::Swin(swin), bert)
             .with_channels(m.channels)
             .with_num_layers(m.num_layers)
             .with_fusion_embed_dim(m.fusion_dim)
             .with_fusion_heads(m.fusion_heads)
-            .with_norm_groups(m.norm_groups)
+            .with_norm_groups(m.norm_groups))
     }
 
     fn anchors(&self) -> AnchorGenerator {
@@ -530,7 +557,7 @@ impl Recipe for GlipRecipe {
     type Model<B: Backend> = GlipDetector<B>;
 
     fn build<B: Backend>(&self, device: &B::Device) -> Result<GlipDetector<B>> {
-        let glip = self.glip_config().init(device)?;
+        let glip = self.glip_config()?.init(device)?;
         Ok(GlipDetector {
             glip,
             prompt: Param::from_tensor(Tensor::zeros(
@@ -630,6 +657,30 @@ impl Recipe for GlipRecipe {
                 "bert_hidden, fusion_dim and channels must be divisible by their heads / groups"
                     .into(),
             ));
+        }
+        if self
+            .text
+            .positions
+            .is_some_and(|p| p < self.text.max_tokens)
+        {
+            return Err(bad_model(format!(
+                "text.positions ({:?}) must be at least text.max_tokens ({})",
+                self.text.positions, self.text.max_tokens
+            )));
+        }
+        if let Some(path) = &self.text.tokenizer {
+            if !self.text.extra_words.is_empty() {
+                return Err(bad_model(
+                    "text.extra_words adds to the vocabulary built in code; with a \
+                     text.tokenizer file the vocabulary is the file's (leave extra_words empty)"
+                        .into(),
+                ));
+            }
+            self.tokenizer(Overflow::Error)
+                .map_err(|e| DetError::InvalidOption {
+                    op: "glip recipe",
+                    why: format!("text.tokenizer {}: {e}", path.display()),
+                })?;
         }
         let mut frozen = self.learner.optim.frozen.clone();
         let mut expected = self.fine_tune.frozen();

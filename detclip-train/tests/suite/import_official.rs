@@ -12,6 +12,7 @@ use detclip_models::import::{LoadOptions, load_checkpoint};
 use detclip_train::commands::{AnyRecipe, import_command};
 use detclip_train::import::import_checkpoint;
 use detclip_train::learner::{Checkpoint, RunFiles, RunOptions, load_trained, train};
+use detclip_train::recipe::Recipe;
 use detclip_train::recipes::{GlipRecipe, RegionSpotRecipe, ShapesRecipe};
 
 use crate::harness::{init_lock, locked, max_abs_diff, scratch, to_vec};
@@ -35,7 +36,7 @@ backend_test! {
 
         let (_, imported) =
             locked(|| load_trained::<GlipRecipe, B::InnerBackend>(&path, device)).unwrap();
-        let mut direct = locked(|| recipe.glip_config().init::<B::InnerBackend>(device)).unwrap();
+        let mut direct = locked(|| recipe.glip_config().unwrap().init::<B::InnerBackend>(device)).unwrap();
         let options = LoadOptions { top_level_key: Some("model".into()), ..Default::default() };
         load_checkpoint(&mut direct, &official, &glip_keys(recipe.model.num_layers), &options).unwrap();
 
@@ -82,6 +83,58 @@ backend_test! {
         assert_eq!(run.steps.len(), 1);
         assert!(run.steps[0].loss.is_finite() && run.steps[0].loss > 0.0);
     }
+}
+
+backend_test! {
+    // A released model with its own BERT vocabulary (GLIP-T: bert-base-uncased's 30,522 pieces)
+    // imports once the recipe reads that vocabulary from its `tokenizer.json`: here the 64-piece
+    // layout the recipe's built-in vocabulary refuses (`mis_shaped_keys_are_listed…`).
+    fn a_glip_checkpoint_with_its_own_bert_vocabulary_imports_through_its_tokenizer_file<B>(device) {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut recipe = GlipRecipe::tiny();
+    recipe.text.tokenizer = Some(here.join("tokenizer_bert64.json"));
+    recipe.validate().unwrap();
+    assert_eq!(recipe.glip_config().unwrap().bert.vocab_size, 64);
+    // The recipe's tokenizer gives transformers' ids for the same file.
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(here.join("glip_bert64_ids.json")).unwrap())
+            .unwrap();
+    let want: Vec<u32> = want["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .filter(|&id| id != 0)
+        .collect();
+    let got = recipe
+        .tokenizer(detclip_models::tokenizer::Overflow::Error)
+        .unwrap()
+        .encode("red ring. blue star. a green square on the left.")
+        .unwrap();
+    let real = got.attention_mask.iter().filter(|&&m| m == 1).count();
+    assert_eq!(&got.ids[..real], &want[..]);
+
+    let out = scratch("import-glip-bert64").join("run");
+    let path = locked(|| {
+        import_checkpoint::<_, B>(&recipe, &[fixture("glip_tiny_official.pth")], &out, device)
+    })
+    .unwrap();
+    let (_, imported) = locked(|| load_trained::<GlipRecipe, B::InnerBackend>(&path, device)).unwrap();
+    let mut direct = recipe.glip_config().unwrap().init::<B::InnerBackend>(device).unwrap();
+    let options = LoadOptions { top_level_key: Some("model".into()), ..Default::default() };
+    load_checkpoint(&mut direct, &fixture("glip_tiny_official.pth"), &glip_keys(recipe.model.num_layers), &options)
+        .unwrap();
+    let table = |m: &detclip_models::glip::Glip<B::InnerBackend>| to_vec(m.language.embeddings.word_embeddings.weight.val());
+    assert_eq!(table(&imported.glip), table(&direct));
+
+    // With a vocabulary file, extra words are refused; a missing file is an error naming it.
+    let mut r = recipe.clone();
+    r.text.extra_words = vec!["zebra".into()];
+    assert!(r.validate().unwrap_err().to_string().contains("extra_words"));
+    let mut r = recipe.clone();
+    r.text.tokenizer = Some("/nonexistent/tokenizer.json".into());
+    assert!(r.validate().unwrap_err().to_string().contains("/nonexistent/tokenizer.json"));
+}
 }
 
 /// The error of an import that must fail, after checking that nothing was written.
