@@ -86,6 +86,30 @@ pub struct SyntheticConfig {
     pub split: SyntheticSplit,
 }
 
+impl SyntheticConfig {
+    /// `images` images of world `seed`'s training split as `kind` samples: image sides in
+    /// `sides` (min, max), up to `objects.0` objects of side at least `objects.1`. Presets set
+    /// `split` to draw the test split.
+    pub fn new(
+        seed: u64,
+        images: u64,
+        sides: (u32, u32),
+        objects: (usize, u32),
+        kind: SourceKind,
+    ) -> Self {
+        Self {
+            seed,
+            images,
+            min_side: sides.0,
+            max_side: sides.1,
+            max_objects: objects.0,
+            min_object: objects.1,
+            kind,
+            split: SyntheticSplit::Train,
+        }
+    }
+}
+
 /// The split a synthetic source draws from (JSON: `"train"` or `"test"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -162,6 +186,24 @@ pub struct SourceConfig {
     pub weight: f64,
     /// Probability of a horizontal flip.
     pub flip_prob: f64,
+}
+
+impl SourceConfig {
+    /// Source `name` over the synthetic slice `world`: `batch` images per step at short sides
+    /// `short`, the long side capped at 1.5 times the largest, weight 1, flips with probability
+    /// 0.5. Presets change what differs.
+    pub fn synthetic(name: &str, world: SyntheticConfig, batch: usize, short: Vec<u32>) -> Self {
+        let max_long = short.iter().max().map(|s| s * 3 / 2);
+        Self {
+            name: name.into(),
+            dataset: DatasetConfig::Synthetic(world),
+            batch_size: batch,
+            short_sides: short,
+            max_long,
+            weight: 1.0,
+            flip_prob: 0.5,
+        }
+    }
 }
 
 /// The evaluation set of a run.

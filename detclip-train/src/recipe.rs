@@ -149,7 +149,15 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
     fn data(&self) -> &DataConfig;
 
     /// The group of a parameter, from its module path (`["backbone", "stem", "weight"]`).
-    fn param_group(path: &[String]) -> ParamGroup;
+    /// The default, for models with a top-level `backbone` and `text` module: those two are
+    /// the backbone and language groups, everything else is new.
+    fn param_group(path: &[String]) -> ParamGroup {
+        match path.first().map(String::as_str) {
+            Some("backbone") => ParamGroup::Backbone,
+            Some("text") => ParamGroup::Language,
+            _ => ParamGroup::New,
+        }
+    }
 
     /// The transform evaluation and `detect` apply to an image.
     fn test_transform(&self) -> TestTransform;

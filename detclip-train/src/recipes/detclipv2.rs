@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::dense::{DenseTestConfig, dense_detections};
 use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig, SyntheticSplit};
 use crate::learner::LearnerConfig;
-use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
+use crate::recipe::{Detected, LossTerms, Recipe};
 
 /// The `detclipv2` recipe.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,29 +49,11 @@ pub struct DetClipV2Recipe {
     pub learner: LearnerConfig,
 }
 
+/// A slice of the preset's world: 96–144 px images with up to three objects of 20 px or more.
 fn world(seed: u64, images: u64, kind: SourceKind, split: SyntheticSplit) -> SyntheticConfig {
     SyntheticConfig {
-        seed,
-        images,
-        min_side: 96,
-        max_side: 144,
-        max_objects: 3,
-        min_object: 20,
-        kind,
         split,
-    }
-}
-
-fn source(name: &str, dataset: SyntheticConfig, batch: usize, short: Vec<u32>) -> SourceConfig {
-    let max_long = short.iter().max().map(|s| s * 3 / 2);
-    SourceConfig {
-        name: name.into(),
-        dataset: DatasetConfig::Synthetic(dataset),
-        batch_size: batch,
-        short_sides: short,
-        max_long,
-        weight: 1.0,
-        flip_prob: 0.5,
+        ..SyntheticConfig::new(seed, images, (96, 144), (3, 20), kind)
     }
 }
 
@@ -82,20 +64,20 @@ impl DetClipV2Recipe {
     /// mention held-out concepts (test-split images of another world seed than the
     /// evaluation set's). Evaluation: 150 test-split images.
     pub fn synthetic() -> Self {
-        let mut detection = source(
+        let mut detection = SourceConfig::synthetic(
             "detection",
             world(1, 2000, SourceKind::Detection, SyntheticSplit::Train),
             8,
             vec![96],
         );
         detection.weight = 2.0;
-        let grounding = source(
+        let grounding = SourceConfig::synthetic(
             "grounding",
             world(2, 1000, SourceKind::Grounding, SyntheticSplit::Train),
             4,
             vec![128],
         );
-        let captions = source(
+        let captions = SourceConfig::synthetic(
             "captions",
             world(4, 2000, SourceKind::ImageText, SyntheticSplit::Test),
             16,
@@ -282,14 +264,6 @@ impl Recipe for DetClipV2Recipe {
 
     fn data(&self) -> &DataConfig {
         &self.data
-    }
-
-    fn param_group(path: &[String]) -> ParamGroup {
-        match path.first().map(String::as_str) {
-            Some("backbone") => ParamGroup::Backbone,
-            Some("text") => ParamGroup::Language,
-            _ => ParamGroup::New,
-        }
     }
 
     fn test_transform(&self) -> TestTransform {

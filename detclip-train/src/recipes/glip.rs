@@ -195,17 +195,9 @@ pub fn synthetic_words() -> Vec<String> {
         .collect()
 }
 
+/// A slice of the preset's world: up to three objects of 20 px or more.
 fn synthetic(seed: u64, images: u64, side: (u32, u32), kind: SourceKind) -> SyntheticConfig {
-    SyntheticConfig {
-        seed,
-        images,
-        min_side: side.0,
-        max_side: side.1,
-        max_objects: 3,
-        min_object: 20,
-        kind,
-        split: Default::default(),
-    }
+    SyntheticConfig::new(seed, images, side, (3, 20), kind)
 }
 
 fn source(
@@ -216,13 +208,8 @@ fn source(
     weight: f64,
 ) -> SourceConfig {
     SourceConfig {
-        name: name.into(),
-        dataset: DatasetConfig::Synthetic(world),
-        batch_size: batch,
-        short_sides: vec![side],
-        max_long: Some(side + side / 2),
         weight,
-        flip_prob: 0.5,
+        ..SourceConfig::synthetic(name, world, batch, vec![side])
     }
 }
 

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::dense::{DenseTestConfig, dense_detections};
 use crate::data::{DataConfig, SourceConfig, SyntheticConfig};
 use crate::learner::LearnerConfig;
-use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
+use crate::recipe::{Detected, LossTerms, Recipe};
 
 /// The model's sizes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,16 +102,8 @@ impl ShapesRecipe {
     /// The demo preset: a detection and a grounding source of the synthetic world at two
     /// resolutions, about three minutes of training on two CPU cores (release build).
     pub fn demo() -> Self {
-        let world = |seed, images, kind| SyntheticConfig {
-            seed,
-            images,
-            min_side: 112,
-            max_side: 160,
-            max_objects: 3,
-            min_object: 20,
-            kind,
-            split: Default::default(),
-        };
+        let world =
+            |seed, images, kind| SyntheticConfig::new(seed, images, (112, 160), (3, 20), kind);
         Self {
             model: ShapesModelConfig {
                 channels: [16, 32, 48, 64, 64],
@@ -142,30 +134,23 @@ impl ShapesRecipe {
             data: DataConfig {
                 sources: vec![
                     SourceConfig {
-                        name: "detection".into(),
-                        dataset: crate::data::DatasetConfig::Synthetic(world(
-                            1,
-                            2000,
-                            SourceKind::Detection,
-                        )),
-                        batch_size: 8,
-                        short_sides: vec![112, 128, 144],
                         max_long: Some(192),
                         weight: 2.0,
-                        flip_prob: 0.5,
+                        ..SourceConfig::synthetic(
+                            "detection",
+                            world(1, 2000, SourceKind::Detection),
+                            8,
+                            vec![112, 128, 144],
+                        )
                     },
                     SourceConfig {
-                        name: "grounding".into(),
-                        dataset: crate::data::DatasetConfig::Synthetic(world(
-                            2,
-                            1000,
-                            SourceKind::Grounding,
-                        )),
-                        batch_size: 4,
-                        short_sides: vec![160],
                         max_long: Some(224),
-                        weight: 1.0,
-                        flip_prob: 0.5,
+                        ..SourceConfig::synthetic(
+                            "grounding",
+                            world(2, 1000, SourceKind::Grounding),
+                            4,
+                            vec![160],
+                        )
                     },
                 ],
                 eval: Some(world(3, 150, SourceKind::Grounding).into()),
@@ -205,16 +190,7 @@ impl ShapesRecipe {
 }
 
 fn tiny_world(seed: u64, images: u64) -> SyntheticConfig {
-    SyntheticConfig {
-        seed,
-        images,
-        min_side: 64,
-        max_side: 80,
-        max_objects: 2,
-        min_object: 16,
-        kind: SourceKind::Detection,
-        split: Default::default(),
-    }
+    SyntheticConfig::new(seed, images, (64, 80), (2, 16), SourceKind::Detection)
 }
 
 /// A k×k convolution (stride 1, zero "same" padding) as im2col and one matrix product.
@@ -603,14 +579,6 @@ impl Recipe for ShapesRecipe {
 
     fn data(&self) -> &DataConfig {
         &self.data
-    }
-
-    fn param_group(path: &[String]) -> ParamGroup {
-        match path.first().map(String::as_str) {
-            Some("backbone") => ParamGroup::Backbone,
-            Some("text") => ParamGroup::Language,
-            _ => ParamGroup::New,
-        }
     }
 
     fn test_transform(&self) -> TestTransform {

@@ -260,17 +260,15 @@ impl<B: Backend> VildModel<B> {
 /// teacher is trained on it).
 const TEMPLATE: &str = "a photo of {} in the scene.";
 
+/// Detection images of world `seed` with up to three objects of 20 px or more.
 fn world(seed: u64, images: u64, min_side: u32, max_side: u32) -> SyntheticConfig {
-    SyntheticConfig {
+    SyntheticConfig::new(
         seed,
         images,
-        min_side,
-        max_side,
-        max_objects: 3,
-        min_object: 20,
-        kind: SourceKind::Detection,
-        split: Default::default(),
-    }
+        (min_side, max_side),
+        (3, 20),
+        SourceKind::Detection,
+    )
 }
 
 impl VildRecipe {
@@ -287,17 +285,12 @@ impl VildRecipe {
             .map(|w| w.held_out_vocabulary())
             .unwrap_or_default();
         let templates = vec![TEMPLATE.to_string()];
-        let source = |name: &str, seed, split| SourceConfig {
-            name: name.into(),
-            dataset: DatasetConfig::Synthetic(SyntheticConfig {
+        let source = |name: &str, seed, split| {
+            let world = SyntheticConfig {
                 split,
                 ..world(seed, 1000, 112, 160)
-            }),
-            batch_size: 4,
-            short_sides: vec![128],
-            max_long: Some(192),
-            weight: 1.0,
-            flip_prob: 0.5,
+            };
+            SourceConfig::synthetic(name, world, 4, vec![128])
         };
         Self {
             detector: VildDetectorSize::Small(SmallDetector {

@@ -163,15 +163,8 @@ impl RegionSpotRecipe {
     /// The synthetic-world preset: small SAM and CLIP, the CLIP teacher pre-trained on every
     /// concept, the module trained on base concepts, evaluated on seen and held-out ones.
     pub fn synthetic() -> Self {
-        let world = |seed, images| SyntheticConfig {
-            seed,
-            images,
-            min_side: 112,
-            max_side: 160,
-            max_objects: 3,
-            min_object: 20,
-            kind: SourceKind::Detection,
-            split: Default::default(),
+        let world = |seed, images| {
+            SyntheticConfig::new(seed, images, (112, 160), (3, 20), SourceKind::Detection)
         };
         let names = World::new(WorldConfig::default())
             .map(|w| w.vocabulary(Split::Test))
@@ -223,15 +216,12 @@ impl RegionSpotRecipe {
                 max_detections: 100,
             },
             data: DataConfig {
-                sources: vec![SourceConfig {
-                    name: "detection".into(),
-                    dataset: DatasetConfig::Synthetic(world(1, 1500)),
-                    batch_size: 8,
-                    short_sides: vec![128],
-                    max_long: Some(192),
-                    weight: 1.0,
-                    flip_prob: 0.5,
-                }],
+                sources: vec![SourceConfig::synthetic(
+                    "detection",
+                    world(1, 1500),
+                    8,
+                    vec![128],
+                )],
                 eval: Some(
                     SyntheticConfig {
                         kind: SourceKind::Grounding,
@@ -280,16 +270,8 @@ impl RegionSpotRecipe {
             t.scenes_per_step = 2;
             t.sam_steps = 3;
         }
-        let tiny_world = |seed, images, kind| SyntheticConfig {
-            seed,
-            images,
-            min_side: 64,
-            max_side: 80,
-            max_objects: 2,
-            min_object: 16,
-            kind,
-            split: Default::default(),
-        };
+        let tiny_world =
+            |seed, images, kind| SyntheticConfig::new(seed, images, (64, 80), (2, 16), kind);
         for s in &mut r.data.sources {
             s.dataset = DatasetConfig::Synthetic(tiny_world(1, 12, SourceKind::Detection));
             s.short_sides = vec![64];
