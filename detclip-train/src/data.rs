@@ -369,6 +369,11 @@ fn must_exist(path: &std::path::Path, what: &str) -> Result<()> {
     }
 }
 
+/// Whether `name` names category `c`: as the file spells it, or with `_` read as a space.
+pub fn names_category(c: &detclip_core::data::Category, name: &str) -> bool {
+    name == c.name || name == c.concept_name()
+}
+
 /// The concept names of the categories of a file that a source or an evaluation set keeps:
 /// those named in `names` (all when `None`; as the file spells them, or with `_` read as a
 /// space), less the rare ones when `drop_rare`. A name not in the file, or `drop_rare` on a
@@ -385,8 +390,7 @@ pub fn kept_categories(
             why: format!("{}: {why}", file.display()),
         })
     };
-    let named =
-        |c: &detclip_core::data::Category, n: &String| *n == c.name || *n == c.concept_name();
+    let named = |c: &detclip_core::data::Category, n: &String| names_category(c, n);
     if let Some(names) = names {
         let unknown: Vec<&String> = names
             .iter()

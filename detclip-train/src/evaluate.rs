@@ -22,7 +22,7 @@ use detclip_core::ext::DetclipOps;
 use detclip_core::{DetError, Result};
 use serde::Serialize;
 
-use crate::data::{CocoEvalConfig, EvalConfig, SyntheticConfig};
+use crate::data::{CocoEvalConfig, EvalConfig, SyntheticConfig, names_category};
 use crate::recipe::{Detected, Recipe};
 
 /// The evaluation set: samples, the vocabulary they are scored on, and which concepts were
@@ -166,11 +166,7 @@ fn held_out_names(
     let unknown: Vec<&String> = config
         .held_out
         .iter()
-        .filter(|n| {
-            !categories
-                .iter()
-                .any(|c| &c.name == *n || &c.concept_name() == *n)
-        })
+        .filter(|n| !categories.iter().any(|c| names_category(c, n)))
         .collect();
     if !unknown.is_empty() {
         return Err(DetError::InvalidOption {
@@ -193,10 +189,7 @@ fn held_out_names(
     Ok(categories
         .iter()
         .filter(|c| {
-            config
-                .held_out
-                .iter()
-                .any(|n| n == &c.name || n == &c.concept_name())
+            config.held_out.iter().any(|n| names_category(c, n))
                 || (config.held_out_rare && c.frequency == Some(Frequency::Rare))
         })
         .map(|c| c.concept_name())

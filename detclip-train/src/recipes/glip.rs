@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use burn::module::Param;
 use burn::prelude::*;
@@ -179,6 +180,27 @@ pub struct GlipRecipe {
     pub data: DataConfig,
     /// The learner.
     pub learner: LearnerConfig,
+    #[serde(skip)]
+    tokenizers: TokenizerCache,
+}
+
+/// The tokenizers built so far, keyed by the text side and overflow mode they were built for:
+/// `loss` and `detect` ask for one every batch, and a released vocabulary is a file to read
+/// and parse. Clones of a recipe share it; the key keeps a clone whose `text` changed from
+/// reading another's tokenizer. Not part of the config (never serialised, always equal).
+#[derive(Clone, Default)]
+struct TokenizerCache(Arc<Mutex<Vec<(GlipTextConfig, Overflow, Arc<TextTokenizer>)>>>);
+
+impl PartialEq for TokenizerCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for TokenizerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenizerCache")
+    }
 }
 
 /// The words of the synthetic world: colours, shapes, textures and the captions' other words.
@@ -285,6 +307,7 @@ impl GlipRecipe {
                 l.checkpoint_every = 100;
                 l
             },
+            tokenizers: TokenizerCache::default(),
         }
     }
 
@@ -336,16 +359,25 @@ impl GlipRecipe {
 
     /// The tokenizer: prompts padded to `max_tokens`; longer ones truncated or refused. The
     /// `text.tokenizer` file's, or a WordPiece vocabulary built from the synthetic world's words
-    /// and `extra_words`.
+    /// and `extra_words`; built once per text side and overflow mode, then shared.
     ///
     /// # Errors
     /// An unreadable or malformed tokenizer file.
-    pub fn tokenizer(&self, overflow: Overflow) -> Result<TextTokenizer> {
-        let options = TokenizerOptions::new(self.text.max_tokens).with_overflow(overflow);
-        match &self.text.tokenizer {
-            Some(path) => TextTokenizer::from_file(path, options),
-            None => wordpiece_tokenizer(&self.words(), options),
+    pub fn tokenizer(&self, overflow: Overflow) -> Result<Arc<TextTokenizer>> {
+        let mut cache = self.tokenizers.0.lock().expect("tokenizer cache poisoned");
+        if let Some((_, _, t)) = cache
+            .iter()
+            .find(|(text, o, _)| *o == overflow && *text == self.text)
+        {
+            return Ok(Arc::clone(t));
         }
+        let options = TokenizerOptions::new(self.text.max_tokens).with_overflow(overflow);
+        let built = Arc::new(match &self.text.tokenizer {
+            Some(path) => TextTokenizer::from_file(path, options)?,
+            None => wordpiece_tokenizer(&self.words(), options)?,
+        });
+        cache.push((self.text.clone(), overflow, Arc::clone(&built)));
+        Ok(built)
     }
 
     /// BERT's word-piece count: the tokenizer file's, or the built vocabulary's.

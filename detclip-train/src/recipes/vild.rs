@@ -1135,8 +1135,22 @@ impl Recipe for VildRecipe {
         if t.max_detections == 0 || !(0.0..=1.0).contains(&t.nms_iou) {
             return bad("test.max_detections must be positive and test.nms_iou in [0, 1]".into());
         }
-        let c = match &self.clip {
-            VildClip::Small(c) => c,
+        match &self.clip {
+            VildClip::Small(c) => {
+                if c.patch == 0
+                    || !c.image_size.is_multiple_of(c.patch)
+                    || c.heads == 0
+                    || !c.width.is_multiple_of(c.heads)
+                    || !c.text_width.is_multiple_of(c.heads)
+                    || c.layers == 0
+                    || c.embed_dim == 0
+                {
+                    return bad(format!(
+                        "inconsistent CLIP sizes: {c:?} (the side a multiple of the patch, \
+                         widths of the heads, at least one layer)"
+                    ));
+                }
+            }
             VildClip::Released { weights, .. } => {
                 if self.teacher.is_some() {
                     return bad(
@@ -1152,21 +1166,7 @@ impl Recipe for VildRecipe {
                             .into(),
                     });
                 }
-                return self.clip_config().map(|_| ());
             }
-        };
-        if c.patch == 0
-            || !c.image_size.is_multiple_of(c.patch)
-            || c.heads == 0
-            || !c.width.is_multiple_of(c.heads)
-            || !c.text_width.is_multiple_of(c.heads)
-            || c.layers == 0
-            || c.embed_dim == 0
-        {
-            return bad(format!(
-                "inconsistent CLIP sizes: {c:?} (the side a multiple of the patch, widths of \
-                 the heads, at least one layer)"
-            ));
         }
         if let VildDetectorSize::Small(s) = &self.detector
             && (s.width == 0 || s.fpn_channels == 0 || s.layers.contains(&0))

@@ -14,8 +14,8 @@ use detclip_train::learner::{
 use detclip_train::recipe::{Recipe, parse_config};
 use detclip_train::recipes::VildRecipe;
 use detclip_train::recipes::regionspot::TextSide;
-use detclip_train::recipes::vild::VildClip;
 use detclip_train::recipes::vild::VildModel;
+use detclip_train::recipes::vild::{VildClip, VildDetectorSize};
 use detclip_train::vild::{PrecomputeOptions, load_teachers, precompute};
 
 use crate::harness::{Fixture, floats, init_lock, locked, quiet, scratch};
@@ -247,6 +247,12 @@ fn vild_bad_configs_are_errors() {
             .to_string()
             .contains("/nonexistent/clip.pt")
     );
+    let mut r = released.clone();
+    if let VildDetectorSize::Small(s) = &mut r.detector {
+        s.width = 0;
+    }
+    let err = r.validate().unwrap_err().to_string();
+    assert!(err.contains("detector sizes"), "{err}");
     released.validate().unwrap();
 
     // JSON: the preset round-trips; unknown fields and bad values are errors, not panics.
