@@ -189,7 +189,10 @@ pub struct GlipRecipe {
 /// and parse. Clones of a recipe share it; the key keeps a clone whose `text` changed from
 /// reading another's tokenizer. Not part of the config (never serialised, always equal).
 #[derive(Clone, Default)]
-struct TokenizerCache(Arc<Mutex<Vec<(GlipTextConfig, Overflow, Arc<TextTokenizer>)>>>);
+struct TokenizerCache(Arc<Mutex<Vec<CachedTokenizer>>>);
+
+/// A built tokenizer and what it was built for.
+type CachedTokenizer = (GlipTextConfig, Overflow, Arc<TextTokenizer>);
 
 impl PartialEq for TokenizerCache {
     fn eq(&self, _: &Self) -> bool {
