@@ -334,14 +334,17 @@ fn batch<B: Backend>(device: &B::Device) -> (Tensor<B, 4>, Vec<VildTarget<B>>) {
 backend_test! {
     fn vild_loss_has_every_term_and_trains<B>(device) {
         use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+        // A seeded model and one RoI sample for every step: the loss compared across steps is
+        // then that of one fixed objective (a new RoI sample each step made the test flaky).
+        B::seed(device, 11);
         let mut model = VildConfig::tiny(EMBED).init::<B>(device).unwrap();
         let classes = l2_normalize(Tensor::<B, 2>::random([3, EMBED], burn::tensor::Distribution::Normal(0.0, 1.0), device));
         let (images, targets) = batch::<B>(device);
         let config = VildLossConfig::new();
         let mut optim = AdamConfig::new().init();
         let mut totals = Vec::new();
-        for step in 0..6 {
-            let losses = vild_loss(&model, images.clone(), &targets, classes.clone(), &config, &mut SampleRng::new(step)).unwrap();
+        for _ in 0..6 {
+            let losses = vild_loss(&model, images.clone(), &targets, classes.clone(), &config, &mut SampleRng::new(0)).unwrap();
             for (name, t) in [("text", &losses.text), ("image", &losses.image), ("box", &losses.box_regression), ("mask", &losses.mask), ("rpn_objectness", &losses.rpn_objectness)] {
                 let v = to_vec(t.clone())[0];
                 assert!(v.is_finite() && v > 0.0, "{name} = {v}");
