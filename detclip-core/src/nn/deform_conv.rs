@@ -8,6 +8,7 @@ use burn::nn::{Initializer, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 
+use super::conv2d;
 use crate::ext::DetclipOps;
 use crate::ops::{DeformConv2dOptions, deform_conv2d};
 
@@ -145,7 +146,7 @@ impl<B: DetclipOps> DeformConv2d<B> {
             &dims,
             format!("[N, {c}, H, W]"),
         )?;
-        let raw = self.offset_conv.forward(x.clone());
+        let raw = conv2d(&self.offset_conv, x.clone());
         let taps = self.offset_groups * kh * kw;
         let offset = raw.clone().narrow(1, 0, 2 * taps);
         let mask = self

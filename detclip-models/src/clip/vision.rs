@@ -3,6 +3,7 @@ use burn::nn::LayerNorm;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use detclip_core::DetError;
+use detclip_core::nn::conv2d;
 
 use super::block::{BlockSizes, ClipBlock, ClipLayout, Projection};
 
@@ -127,9 +128,7 @@ impl<B: Backend> ClipVision<B> {
             });
         }
         let (gh, gw) = (h / p, w / p);
-        let patches = self
-            .patch_embedding
-            .forward(pixels)
+        let patches = conv2d(&self.patch_embedding, pixels)
             .flatten::<3>(2, 3)
             .swap_dims(1, 2);
         let d = patches.dims()[2];

@@ -13,6 +13,7 @@ use burn::nn::{GroupNorm, GroupNormConfig, Initializer, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use detclip_core::ext::DetclipOps;
+use detclip_core::nn::conv2d;
 use detclip_core::nn::{DeformConv2d, DeformConv2dConfig};
 
 use crate::layers::check_channels;
@@ -163,7 +164,7 @@ impl<B: DetclipOps> AlignHead<B> {
             check_channels("AlignHead", "feature level", x.dims(), channels)?;
             let mut t = x.clone();
             for block in &self.tower {
-                t = relu(block.norm.forward(block.conv.forward(t)));
+                t = relu(block.norm.forward(conv2d(&block.conv, t)));
             }
             let [n, _, h, w] = t.dims();
             sizes.push([h, w]);
@@ -172,10 +173,10 @@ impl<B: DetclipOps> AlignHead<B> {
                 y.reshape([n, c, h * w]).swap_dims(1, 2)
             };
             let cls = relu(self.cls_norm.forward(self.cls_dcn.forward(t.clone())?));
-            regions.push(flat(self.embed.forward(cls)));
+            regions.push(flat(conv2d(&self.embed, cls)));
             let scale = self.scales.val().narrow(0, l, 1).reshape([1, 1, 1]);
-            boxes.push(flat(self.bbox.forward(t.clone())) * scale);
-            ctrs.push(flat(self.centerness.forward(t)).reshape([n, h * w]));
+            boxes.push(flat(conv2d(&self.bbox, t.clone())) * scale);
+            ctrs.push(flat(conv2d(&self.centerness, t)).reshape([n, h * w]));
         }
         Ok(HeadOutput {
             regions: l2_normalize(Tensor::cat(regions, 1)),

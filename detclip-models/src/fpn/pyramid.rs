@@ -5,6 +5,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::{interpolate, max_pool2d};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use detclip_core::DetError;
+use detclip_core::nn::conv2d;
 
 use crate::layers::check_channels;
 
@@ -134,10 +135,10 @@ impl<B: Backend> Fpn<B> {
     pub fn forward(&self, features: &[Tensor<B, 4>]) -> detclip_core::Result<Vec<Tensor<B, 4>>> {
         self.check(features)?;
         let last = features.len() - 1;
-        let mut inner = self.inner_blocks[last].forward(features[last].clone());
-        let mut outs = vec![self.layer_blocks[last].forward(inner.clone())];
+        let mut inner = conv2d(&self.inner_blocks[last], features[last].clone());
+        let mut outs = vec![conv2d(&self.layer_blocks[last], inner.clone())];
         for i in (0..last).rev() {
-            let lateral = self.inner_blocks[i].forward(features[i].clone());
+            let lateral = conv2d(&self.inner_blocks[i], features[i].clone());
             let [_, _, h, w] = lateral.dims();
             let top_down = interpolate(
                 inner,
@@ -145,7 +146,7 @@ impl<B: Backend> Fpn<B> {
                 InterpolateOptions::new(InterpolateMode::Nearest),
             );
             inner = lateral + top_down;
-            outs.insert(0, self.layer_blocks[i].forward(inner.clone()));
+            outs.insert(0, conv2d(&self.layer_blocks[i], inner.clone()));
         }
         match (&self.extra_blocks, self.extra) {
             (_, ExtraLevels::MaxPool) => {
@@ -158,8 +159,8 @@ impl<B: Backend> Fpn<B> {
                 } else {
                     outs[last].clone()
                 };
-                let p6 = b.p6.forward(source);
-                let p7 = b.p7.forward(relu(p6.clone()));
+                let p6 = conv2d(&b.p6, source);
+                let p7 = conv2d(&b.p7, relu(p6.clone()));
                 outs.extend([p6, p7]);
             }
             _ => {}

@@ -312,7 +312,7 @@ impl<B: DetclipOps> DyConv<B> {
         for (l, feature) in levels.iter().enumerate() {
             let [_, _, h, w] = feature.dims();
             let offset_mask = self.offset.as_ref().map(|conv| {
-                let raw = conv.forward(feature.clone());
+                let raw = detclip_core::nn::conv2d(conv, feature.clone());
                 let offset = raw.clone().narrow(1, 0, OFFSET_CHANNELS);
                 let mask = sigmoid(raw.narrow(1, OFFSET_CHANNELS, MASK_CHANNELS));
                 (offset, mask)
@@ -342,7 +342,7 @@ impl<B: DetclipOps> DyConv<B> {
         let weighted = maps.into_iter().map(|x| match &self.attn_conv {
             Some(conv) => {
                 let pooled = adaptive_avg_pool2d(x.clone(), [1, 1]);
-                x * hsigmoid(relu(conv.forward(pooled)))
+                x * hsigmoid(relu(detclip_core::nn::conv2d(conv, pooled)))
             }
             None => x,
         });

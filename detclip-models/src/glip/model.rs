@@ -5,6 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use detclip_core::nn::conv2d;
 
 use detclip_core::DetError;
 use detclip_core::Result as DetResult;
@@ -416,8 +417,8 @@ impl<B: Backend> GlipHead<B> {
             let [_, c, h, w] = x.dims();
             let scale = scale.scale.val();
             out.bbox_reg
-                .push(self.bbox_pred.forward(x.clone()) * scale.reshape([1, 1, 1, 1]));
-            out.centerness.push(self.centerness.forward(x.clone()));
+                .push(conv2d(&self.bbox_pred, x.clone()) * scale.reshape([1, 1, 1, 1]));
+            out.centerness.push(conv2d(&self.centerness, x.clone()));
             let queries = x.clone().reshape([n, c, h * w]).swap_dims(1, 2);
             let logits =
                 queries.matmul(tokens_t.clone()) / temperature.clone() + token_bias.clone();

@@ -3,6 +3,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use detclip_core::DetError;
+use detclip_core::nn::conv2d;
 
 use super::{Bottleneck, BottleneckConfig, EXPANSION};
 use crate::layers::{NormMode, batch_norm, check_channels, max_pool2d_nchw};
@@ -144,7 +145,7 @@ impl<B: Backend> ResNet<B> {
     /// [`DetError::Shape`] when the input does not have `in_channels` channels.
     pub fn forward(&self, x: Tensor<B, 4>) -> detclip_core::Result<ResNetFeatures<B>> {
         check_channels("ResNet", "image", x.dims(), self.in_channels)?;
-        let x = relu(batch_norm(&self.bn1, self.conv1.forward(x), self.norm));
+        let x = relu(batch_norm(&self.bn1, conv2d(&self.conv1, x), self.norm));
         let x = max_pool2d_nchw(x, [3, 3], [2, 2], [1, 1]);
         let mut x = self.freeze(x, 1);
         let mut levels = Vec::with_capacity(4);

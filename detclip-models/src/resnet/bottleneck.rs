@@ -2,6 +2,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+use detclip_core::nn::conv2d;
 
 use crate::layers::{NormMode, batch_norm};
 
@@ -88,11 +89,11 @@ impl<B: Backend> Bottleneck<B> {
     /// # Shapes
     /// `[n, in_channels, h, w]` → `[n, 4·planes, ⌈h/stride⌉, ⌈w/stride⌉]`
     pub fn forward(&self, x: Tensor<B, 4>, norm: NormMode) -> Tensor<B, 4> {
-        let y = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone()), norm));
-        let y = relu(batch_norm(&self.bn2, self.conv2.forward(y), norm));
-        let y = batch_norm(&self.bn3, self.conv3.forward(y), norm);
+        let y = relu(batch_norm(&self.bn1, conv2d(&self.conv1, x.clone()), norm));
+        let y = relu(batch_norm(&self.bn2, conv2d(&self.conv2, y), norm));
+        let y = batch_norm(&self.bn3, conv2d(&self.conv3, y), norm);
         let shortcut = match &self.downsample {
-            Some(d) => batch_norm(&d.bn, d.conv.forward(x), norm),
+            Some(d) => batch_norm(&d.bn, conv2d(&d.conv, x), norm),
             None => x,
         };
         relu(y + shortcut)

@@ -9,6 +9,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use burn::tensor::ops::PadMode;
 use detclip_core::DetError;
+use detclip_core::nn::conv2d;
 
 use super::common::{Activation, LayerNorm2d, LayerNorm2dConfig, MlpBlock};
 
@@ -207,7 +208,7 @@ impl<B: Backend> PatchEmbed<B> {
     /// # Shapes
     /// - `x`: `[N, C, H, W]` → `[N, H/p, W/p, embed_dim]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.proj.forward(x).permute([0, 2, 3, 1])
+        conv2d(&self.proj, x).permute([0, 2, 3, 1])
     }
 }
 
@@ -228,8 +229,8 @@ impl<B: Backend> Neck<B> {
     /// # Shapes
     /// - `x`: `[N, embed_dim, h, w]` → `[N, out_chans, h, w]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.norm1.forward(self.conv1.forward(x));
-        self.norm2.forward(self.conv2.forward(x))
+        let x = self.norm1.forward(conv2d(&self.conv1, x));
+        self.norm2.forward(conv2d(&self.conv2, x))
     }
 }
 

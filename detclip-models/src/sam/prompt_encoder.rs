@@ -3,6 +3,7 @@
 //! conv stack, and no mask becomes a learned constant map
 //! (`segment_anything/modeling/prompt_encoder.py`).
 
+use detclip_core::nn::conv2d;
 use std::f64::consts::PI;
 
 use burn::module::Param;
@@ -376,8 +377,8 @@ impl<B: Backend> MaskDownscaling<B> {
     /// # Shapes
     /// - `masks`: `[B, 1, 4·H, 4·W]` → `[B, embed_dim, H, W]`
     pub fn forward(&self, masks: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = gelu(self.norm1.forward(self.conv1.forward(masks)));
-        let x = gelu(self.norm2.forward(self.conv2.forward(x)));
-        self.conv3.forward(x)
+        let x = gelu(self.norm1.forward(conv2d(&self.conv1, masks)));
+        let x = gelu(self.norm2.forward(conv2d(&self.conv2, x)));
+        conv2d(&self.conv3, x)
     }
 }

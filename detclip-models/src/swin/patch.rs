@@ -2,6 +2,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::ops::PadMode;
+use detclip_core::nn::conv2d;
 
 /// Patch embedding: a `p×p` stride-`p` conv, then LayerNorm over channels. The image is padded
 /// at the right and bottom to a multiple of `p` first.
@@ -37,7 +38,7 @@ impl<B: Backend> PatchEmbed<B> {
             PadMode::Constant(0.0),
         );
         self.norm
-            .forward(self.proj.forward(x).permute([0, 2, 3, 1]))
+            .forward(conv2d(&self.proj, x).permute([0, 2, 3, 1]))
     }
 }
 

@@ -2,6 +2,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfi
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+use detclip_core::nn::conv2d;
 
 /// torchvision's `TwoMLPHead`: the pooled RoI flattened, then two fully connected layers with
 /// ReLU (1024 wide in Mask R-CNN and ViLD).
@@ -70,7 +71,7 @@ impl<B: Backend> MaskHead<B> {
     /// # Shapes
     /// `[K, C, s, s]` → mask logits `[K, 1, 2s, 2s]`
     pub fn forward(&self, pooled: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.convs.iter().fold(pooled, |x, c| relu(c.forward(x)));
-        self.logits.forward(relu(self.deconv.forward(x)))
+        let x = self.convs.iter().fold(pooled, |x, c| relu(conv2d(c, x)));
+        conv2d(&self.logits, relu(self.deconv.forward(x)))
     }
 }

@@ -5,6 +5,7 @@ use burn::tensor::activation::relu;
 use detclip_core::DetError;
 use detclip_core::assign::AnchorGenerator;
 use detclip_core::loss::bce_with_logits;
+use detclip_core::nn::conv2d;
 use detclip_core::ops::{DeltaBoxCoder, batched_nms_slice, top_k_slice};
 
 use super::sampling::{HostBox, Match, SampleRng, match_boxes, sample_balanced};
@@ -100,10 +101,10 @@ impl<B: Backend> RpnHead<B> {
         let (objectness, deltas) = features
             .iter()
             .map(|f| {
-                let t = relu(self.conv.forward(f.clone()));
+                let t = relu(conv2d(&self.conv, f.clone()));
                 (
-                    self.cls_logits.forward(t.clone()),
-                    self.bbox_pred.forward(t),
+                    conv2d(&self.cls_logits, t.clone()),
+                    conv2d(&self.bbox_pred, t),
                 )
             })
             .unzip();
