@@ -11,7 +11,7 @@ use detclip_core::data::synthetic::Split;
 use detclip_core::ext::DetclipAutodiffBackend;
 use detclip_core::{DetError, Result};
 
-use crate::detect::{DetectReport, detect_and_write, image_samples, parse_prompt};
+use crate::detect::{DetectReport, attach_boxes, detect_and_write, image_samples, parse_prompt};
 use crate::evaluate::EvalReport;
 use crate::import::import_checkpoint;
 use crate::learner::{
@@ -182,13 +182,35 @@ struct DetectTask {
     names: Vec<String>,
     threshold: f32,
     out: PathBuf,
+    boxes: Option<(PathBuf, f32)>,
 }
 
 fn detect_with<R: Recipe, B: DetclipAutodiffBackend>(
     t: &DetectTask,
     device: &B::Device,
 ) -> Result<DetectReport> {
-    let samples = image_samples(&t.images)?;
+    let mut samples = image_samples(&t.images)?;
+    let refuse = |why: String| Err(DetError::InvalidOption { op: "detect", why });
+    match (&t.boxes, R::GIVEN_BOXES) {
+        (Some((path, min_score)), true) => {
+            attach_boxes(path, &mut samples, *min_score)?;
+        }
+        (None, false) => {}
+        (Some(_), false) => {
+            return refuse(format!(
+                "--boxes is for recipes that classify given boxes (regionspot); `{}` finds its \
+                 own",
+                R::NAME
+            ));
+        }
+        (None, true) => {
+            return refuse(format!(
+                "`{}` classifies given boxes: pass --boxes FILE (COCO format, e.g. another \
+                 detector's detections.json)",
+                R::NAME
+            ));
+        }
+    }
     let (recipe, model) = load_trained::<R, B::InnerBackend>(&t.checkpoint, device)?;
     detect_and_write(
         &recipe,
@@ -219,7 +241,9 @@ impl BackendTask for DetectTask {
     }
 }
 
-/// `detclip detect`.
+/// `detclip detect`. `boxes`: for a recipe that classifies given boxes (RegionSpot), the
+/// COCO-format file that holds them and the lowest score of a box to use (see
+/// [`attach_boxes`]).
 pub fn detect_command(
     checkpoint: &Path,
     image: &Path,
@@ -227,6 +251,7 @@ pub fn detect_command(
     threshold: f32,
     out: &Path,
     device: &str,
+    boxes: Option<(&Path, f32)>,
 ) -> Result<DetectReport> {
     let spec: DeviceSpec = device.parse()?;
     let names = parse_prompt(prompt)?;
@@ -247,6 +272,7 @@ pub fn detect_command(
             names,
             threshold,
             out: out.to_path_buf(),
+            boxes: boxes.map(|(p, s)| (p.to_path_buf(), s)),
         },
     )?
 }

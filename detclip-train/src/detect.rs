@@ -1,13 +1,21 @@
 //! `detclip detect`: a trained checkpoint, images and a prompt in; detections out, as one
 //! COCO-format JSON (`detections.json`: images, categories, and annotations with scores) and
 //! one picture per image with labelled boxes.
+//!
+//! Recipes that classify boxes they are given ([`Recipe::GIVEN_BOXES`], RegionSpot) take
+//! them from a COCO-format file ([`attach_boxes`]): another detector's `detections.json`,
+//! or a ground-truth annotation file.
 
 use std::path::{Path, PathBuf};
 
-use detclip_core::data::{ImageSource, Orientation, Sample, image_size};
+use std::collections::HashMap;
+
+use detclip_core::data::{ImageSource, Instance, Orientation, Sample, image_size};
+use detclip_core::error::{DataFault, DataLocation};
 use detclip_core::ext::DetclipOps;
 use detclip_core::{DetError, Result};
 use image::RgbImage;
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::draw::{PALETTE, draw_labelled_box};
@@ -78,6 +86,151 @@ pub fn image_samples(paths: &[PathBuf]) -> Result<Vec<Sample>> {
             ))
         })
         .collect()
+}
+
+#[derive(Deserialize)]
+struct BoxFile {
+    images: Vec<BoxImage>,
+    annotations: Vec<BoxAnnotation>,
+}
+
+#[derive(Deserialize)]
+struct BoxImage {
+    id: u64,
+    file_name: String,
+}
+
+#[derive(Deserialize)]
+struct BoxAnnotation {
+    #[serde(default)]
+    id: Option<u64>,
+    image_id: u64,
+    bbox: [f64; 4],
+    #[serde(default)]
+    score: Option<f64>,
+}
+
+/// How far (pixels) a given box may reach past the image's border before it is refused;
+/// within this it is clipped (detectors and annotators round outward).
+pub const BOX_TOLERANCE: f64 = 1.0;
+
+fn base_name(path: &str) -> &str {
+    path.rsplit(['/', '\\']).next().unwrap_or(path)
+}
+
+/// Reads the boxes of a COCO-format file (`images` with `id` and `file_name`; `annotations`
+/// with `image_id`, `bbox` `[x, y, w, h]` and, optionally, `score`) into the samples'
+/// instances, for a recipe that classifies given boxes. Returns how many boxes were attached.
+///
+/// An image of the file is matched to a sample by its `file_name`: the same path, or else the
+/// same file name without folders (which must then be unique among the file's images). Images
+/// the file does not list get no boxes; the file's other images are ignored. Boxes scored
+/// below `min_score` are dropped. A box that is empty, not finite, or reaches more than
+/// [`BOX_TOLERANCE`] pixels past its image is an error; within that it is clipped.
+pub fn attach_boxes(path: &Path, samples: &mut [Sample], min_score: f32) -> Result<usize> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| DetError::Io {
+        path: file.clone(),
+        msg: e.to_string(),
+    })?;
+    let parsed: BoxFile = serde_json::from_str(&text).map_err(|e| DetError::Json {
+        file: file.clone(),
+        line: e.line(),
+        column: e.column(),
+        msg: e.to_string(),
+    })?;
+    let data_err = |what, id: String, kind, msg: String| DetError::Data {
+        file: file.clone(),
+        at: DataLocation::Item { what, id },
+        kind,
+        msg,
+    };
+    let mut by_base: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut ids = HashMap::new();
+    for im in &parsed.images {
+        if ids.insert(im.id, im.file_name.as_str()).is_some() {
+            return Err(data_err(
+                "image",
+                im.id.to_string(),
+                DataFault::Malformed,
+                "the id is listed twice".into(),
+            ));
+        }
+        by_base
+            .entry(base_name(&im.file_name))
+            .or_default()
+            .push(im.id);
+    }
+    // Sample position of each listed image id.
+    let mut target: HashMap<u64, usize> = HashMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        let exact = parsed.images.iter().find(|im| im.file_name == s.key);
+        let id = match exact {
+            Some(im) => Some(im.id),
+            None => match by_base.get(base_name(&s.key)).map(Vec::as_slice) {
+                Some([id]) => Some(*id),
+                Some(several) => {
+                    return Err(DetError::Dataset {
+                        file: file.clone(),
+                        why: format!(
+                            "{} images are named `{}`: give the image's path as its file_name",
+                            several.len(),
+                            base_name(&s.key)
+                        ),
+                    });
+                }
+                None => None,
+            },
+        };
+        if let Some(id) = id {
+            target.insert(id, i);
+        }
+    }
+    let mut attached = 0;
+    for (k, a) in parsed.annotations.iter().enumerate() {
+        let name =
+            a.id.map_or_else(|| format!("#{}", k + 1), |id| id.to_string());
+        if !ids.contains_key(&a.image_id) {
+            return Err(data_err(
+                "annotation",
+                name,
+                DataFault::UnknownImage,
+                format!("image_id {} is not in the file's images", a.image_id),
+            ));
+        }
+        if a.score.is_some_and(|s| s < f64::from(min_score)) {
+            continue;
+        }
+        let Some(&i) = target.get(&a.image_id) else {
+            continue;
+        };
+        let s = &mut samples[i];
+        let [x, y, w, h] = a.bbox;
+        let bad = |msg: String| data_err("annotation", name.clone(), DataFault::InvalidBox, msg);
+        if !a.bbox.iter().all(|v| v.is_finite()) || w <= 0.0 || h <= 0.0 {
+            return Err(bad(format!("bbox {:?} is empty or not finite", a.bbox)));
+        }
+        let (iw, ih) = (f64::from(s.width), f64::from(s.height));
+        let t = BOX_TOLERANCE;
+        if x < -t || y < -t || x + w > iw + t || y + h > ih + t {
+            return Err(bad(format!(
+                "bbox {:?} lies outside the {}×{} image `{}`",
+                a.bbox, s.width, s.height, s.key
+            )));
+        }
+        let clip = |v: f64, hi: f64| v.clamp(0.0, hi) as f32;
+        let bbox = [clip(x, iw), clip(y, ih), clip(x + w, iw), clip(y + h, ih)];
+        if bbox[2] <= bbox[0] || bbox[3] <= bbox[1] {
+            return Err(bad(format!("bbox {:?} is empty inside its image", a.bbox)));
+        }
+        s.instances.push(Instance {
+            bbox,
+            concepts: Vec::new(),
+            crowd: false,
+        });
+        attached += 1;
+    }
+    Ok(attached)
 }
 
 /// Draws the detections of one image with their names and scores.

@@ -136,6 +136,11 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
     /// The recipe's name: `detclip train --recipe NAME`, and the tag checkpoints carry.
     const NAME: &'static str;
 
+    /// Whether the recipe classifies boxes it is given rather than finding its own
+    /// (RegionSpot): [`Recipe::detect`] scores each sample's instances, and `detclip detect`
+    /// needs `--boxes`.
+    const GIVEN_BOXES: bool = false;
+
     /// The model.
     type Model<B: Backend>: Module<B>;
 

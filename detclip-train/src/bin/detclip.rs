@@ -9,6 +9,7 @@
 //! detclip train --recipe NAME [--config FILE] [--data FILE] [--device auto] [--out DIR] [--resume]
 //!     [--devices cuda:0,cuda:1] [--precision f32|f16|bf16]
 //! detclip detect --checkpoint C --image PATH|DIR --prompt "cat. dog." [--threshold 0.3] [--out DIR]
+//!                [--boxes DETECTIONS.json [--min-box-score S]]   (regionspot: classify given boxes)
 //! detclip demo [--out DIR] [--device cpu] [--steps N]
 //! detclip import --recipe NAME --checkpoint OFFICIAL [--checkpoint …] [--config FILE] --out DIR
 //! detclip regionspot cache [--config FILE | --checkpoint C] --out DIR [--device auto]
@@ -111,6 +112,14 @@ enum Command {
         /// cpu | ndarray | wgpu[:N] | cuda[:N] | auto
         #[arg(long, default_value = "auto")]
         device: String,
+        /// The boxes to classify, for a recipe that is given its boxes (regionspot): a
+        /// COCO-format file (another detector's detections.json, or ground truth); images
+        /// are matched by file name.
+        #[arg(long)]
+        boxes: Option<PathBuf>,
+        /// With --boxes: use only boxes scored at least this.
+        #[arg(long, default_value_t = 0.0, requires = "boxes")]
+        min_box_score: f32,
     },
     /// Turn an official checkpoint into a run folder (config.json, checkpoint.bin at step 0).
     Import {
@@ -497,8 +506,17 @@ fn main() -> ExitCode {
             threshold,
             out,
             device,
-        } => match commands::detect_command(&checkpoint, &image, &prompt, threshold, &out, &device)
-        {
+            boxes,
+            min_box_score,
+        } => match commands::detect_command(
+            &checkpoint,
+            &image,
+            &prompt,
+            threshold,
+            &out,
+            &device,
+            boxes.as_deref().map(|p| (p, min_box_score)),
+        ) {
             Ok(r) => {
                 let n: usize = r.detections.iter().map(Vec::len).sum();
                 println!(

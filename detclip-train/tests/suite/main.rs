@@ -12,6 +12,7 @@ mod config;
 mod data_flag;
 mod dense;
 mod detclipv2;
+mod eval_cli;
 mod eval_set;
 mod glip;
 mod import_official;

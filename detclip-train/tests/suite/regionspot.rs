@@ -91,3 +91,149 @@ fn regionspot_refuses_image_text_sources_and_bad_templates() {
     let bad = json.replacen("\"templates\"", "\"templatez\"", 1);
     assert!(detclip_train::recipe::parse_config::<RegionSpotRecipe>(&bad, "x.json").is_err());
 }
+
+/// `detclip detect --boxes`: RegionSpot scores exactly the boxes of a COCO-format file (matched
+/// by path or by file name, low-scored ones dropped, a box half a pixel over the border
+/// clipped), every box against every name; bad box files and a missing `--boxes` are errors
+/// that name the fault.
+#[test]
+fn regionspot_detect_classifies_the_given_boxes() {
+    use detclip_core::DetError;
+    use detclip_core::data::Orientation;
+    use detclip_core::data::synthetic::Split;
+    use detclip_core::error::DataFault;
+    use detclip_train::commands::{AnyRecipe, detect_command, train_command};
+
+    let mut recipe = RegionSpotRecipe::tiny();
+    recipe.learner.steps = 1;
+    let dir = scratch("regionspot-detect");
+    let run = dir.join("run");
+    locked(|| train_command(AnyRecipe::RegionSpot(recipe.clone()), "cpu", quiet(&run))).unwrap();
+    let checkpoint = RunFiles::of(&run).checkpoint;
+
+    let DatasetConfig::Synthetic(world) = &recipe.data.sources[0].dataset else {
+        panic!("the tiny recipe trains on the synthetic world")
+    };
+    let samples = world.samples(Split::Train).unwrap();
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let (a, b) = (images.join("a.png"), images.join("b.png"));
+    for (s, p) in samples.iter().zip([&a, &b]) {
+        s.load_image(Orientation::Apply).unwrap().save(p).unwrap();
+    }
+    let (w, h) = (samples[1].width as f32, samples[1].height as f32);
+    let mut names: Vec<String> = Vec::new();
+    for c in samples.iter().flat_map(|s| &s.concepts) {
+        if !names.contains(&c.name) {
+            names.push(c.name.clone());
+        }
+    }
+    names.truncate(2);
+    assert_eq!(names.len(), 2, "{names:?}");
+    let prompt = format!("{}. {}.", names[0], names[1]);
+
+    let write = |name: &str, json: serde_json::Value| {
+        let p = dir.join(name);
+        std::fs::write(&p, json.to_string()).unwrap();
+        p
+    };
+    let images_json = serde_json::json!([
+        {"id": 7, "file_name": "elsewhere/a.png"},
+        {"id": 9, "file_name": b.display().to_string()},
+        {"id": 11, "file_name": "not-given.png"},
+    ]);
+    let boxes = write(
+        "boxes.json",
+        serde_json::json!({
+            "images": images_json,
+            "annotations": [
+                {"id": 1, "image_id": 7, "bbox": [2.0, 3.0, 20.0, 10.0], "score": 0.9},
+                {"id": 2, "image_id": 7, "bbox": [10.0, 12.0, 8.0, 30.0]},
+                {"id": 3, "image_id": 9, "bbox": [w - 12.0, h - 9.5, 12.5, 10.0], "score": 0.8},
+                {"id": 4, "image_id": 9, "bbox": [0.0, 0.0, 5.0, 5.0], "score": 0.2},
+                {"id": 5, "image_id": 11, "bbox": [0.0, 0.0, 5.0, 5.0]},
+            ],
+        }),
+    );
+    let detect = |boxes: Option<&std::path::Path>, out: &str| {
+        locked(|| {
+            detect_command(
+                &checkpoint,
+                &images,
+                &prompt,
+                0.0,
+                &dir.join(out),
+                "cpu",
+                boxes.map(|p| (p, 0.5)),
+            )
+        })
+    };
+    let report = detect(Some(&boxes), "det").unwrap();
+    let expect: [&[[f32; 4]]; 2] = [
+        &[[2.0, 3.0, 22.0, 13.0], [10.0, 12.0, 18.0, 42.0]],
+        &[[w - 12.0, h - 9.5, w, h]],
+    ];
+    assert_eq!(report.detections.len(), 2);
+    for (dets, want) in report.detections.iter().zip(expect) {
+        assert_eq!(dets.len(), want.len() * names.len(), "{dets:?}");
+        for given in want {
+            let labels: Vec<usize> = dets
+                .iter()
+                .filter(|d| d.bbox.iter().zip(given).all(|(x, y)| (x - y).abs() < 1e-2))
+                .map(|d| d.label)
+                .collect();
+            assert_eq!(
+                labels.len(),
+                names.len(),
+                "box {given:?} is not scored against every name: {dets:?}"
+            );
+            assert!(labels.contains(&0) && labels.contains(&1), "{labels:?}");
+        }
+        assert!(
+            dets.iter().all(|d| (0.0..=1.0).contains(&d.score)),
+            "{dets:?}"
+        );
+    }
+
+    let err = detect(None, "det-none").unwrap_err().to_string();
+    assert!(err.contains("--boxes"), "{err}");
+    let bad_json = dir.join("bad.json");
+    std::fs::write(&bad_json, "{\"images\": [").unwrap();
+    assert!(matches!(
+        detect(Some(&bad_json), "x"),
+        Err(DetError::Json { .. })
+    ));
+    let outside = write(
+        "outside.json",
+        serde_json::json!({
+            "images": images_json,
+            "annotations": [{"id": 12, "image_id": 9, "bbox": [w - 5.0, 0.0, 10.0, 5.0]}],
+        }),
+    );
+    match detect(Some(&outside), "x") {
+        Err(DetError::Data {
+            kind: DataFault::InvalidBox,
+            msg,
+            ..
+        }) => assert!(msg.contains("outside"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    let orphan = write(
+        "orphan.json",
+        serde_json::json!({
+            "images": images_json,
+            "annotations": [{"id": 13, "image_id": 99, "bbox": [0.0, 0.0, 5.0, 5.0]}],
+        }),
+    );
+    assert!(matches!(
+        detect(Some(&orphan), "x"),
+        Err(DetError::Data {
+            kind: DataFault::UnknownImage,
+            ..
+        })
+    ));
+    assert!(
+        !dir.join("x").exists(),
+        "a refused call wrote its output folder"
+    );
+}

@@ -514,6 +514,7 @@ fn small_config(s: &SmallSizes, vocab: usize, context: usize) -> RegionSpotConfi
 
 impl Recipe for RegionSpotRecipe {
     const NAME: &'static str = "regionspot";
+    const GIVEN_BOXES: bool = true;
     type Model<B: Backend> = RegionSpot<B>;
 
     fn build<B: Backend>(&self, device: &B::Device) -> Result<RegionSpot<B>> {
