@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use detclip_core::data::synthetic::{Split, World, WorldConfig};
+use detclip_core::data::synthetic::{Naming, Split, World, WorldConfig};
 use detclip_core::data::{
     Batch, Loaded, Normalize, OnError, Orientation, ReadOptions, Sample, SourceKind,
     TrainTransform, collate, read_coco, read_odvg, read_pairs,
@@ -84,6 +84,10 @@ pub struct SyntheticConfig {
     /// that no box label has), from a world seed other than the evaluation set's.
     #[serde(default)]
     pub split: SyntheticSplit,
+    /// How concepts are named: `"color_shape"` (`red star`, the default) or `"shape"`
+    /// (`star`; the colour is still said in captions). Omitted from JSON when default.
+    #[serde(default, skip_serializing_if = "SyntheticNaming::is_default")]
+    pub naming: SyntheticNaming,
 }
 
 impl SyntheticConfig {
@@ -106,6 +110,33 @@ impl SyntheticConfig {
             min_object: objects.1,
             kind,
             split: SyntheticSplit::Train,
+            naming: SyntheticNaming::ColorShape,
+        }
+    }
+}
+
+/// How a synthetic world names its concepts (JSON: `"color_shape"` or `"shape"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyntheticNaming {
+    /// `red star`: colour and shape.
+    #[default]
+    ColorShape,
+    /// `star`: the shape alone (held-out colour–shape pairs then name nothing new).
+    Shape,
+}
+
+impl SyntheticNaming {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl From<SyntheticNaming> for Naming {
+    fn from(n: SyntheticNaming) -> Naming {
+        match n {
+            SyntheticNaming::ColorShape => Naming::ColorShape,
+            SyntheticNaming::Shape => Naming::Shape,
         }
     }
 }
@@ -139,6 +170,7 @@ impl SyntheticConfig {
             max_side: self.max_side,
             max_objects: self.max_objects,
             min_object: self.min_object,
+            naming: self.naming.into(),
             ..WorldConfig::default()
         })
     }

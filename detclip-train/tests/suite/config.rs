@@ -19,6 +19,55 @@ fn the_config_round_trips_through_json() {
     assert_eq!(back, ShapesRecipe::tiny());
 }
 
+/// `naming: "shape"` names concepts by shape alone (`star`), so only whole shapes are held
+/// out; the default is left out of the JSON, so configs written before it read the same.
+#[test]
+fn a_synthetic_world_can_name_concepts_by_shape() {
+    use detclip_core::data::synthetic::Split;
+    use detclip_train::data::SyntheticNaming;
+
+    let tiny = ShapesRecipe::tiny();
+    let text = serde_json::to_string(&tiny).unwrap();
+    assert!(
+        !text.contains("naming"),
+        "the default naming is written out"
+    );
+    let DatasetConfig::Synthetic(mut world) = tiny.data.sources[0].dataset.clone() else {
+        panic!("the tiny recipe trains on the synthetic world")
+    };
+    let paired = world.world().unwrap();
+    assert!(
+        paired
+            .vocabulary(Split::Test)
+            .iter()
+            .all(|n| n.contains(' '))
+    );
+    world.naming = SyntheticNaming::Shape;
+    let json = serde_json::to_value(&world).unwrap();
+    assert_eq!(json["naming"], "shape");
+    let back: detclip_train::data::SyntheticConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(back, world);
+    let shapes = back.world().unwrap();
+    assert_eq!(shapes.held_out_vocabulary(), ["star"]);
+    let test = shapes.vocabulary(Split::Test);
+    assert!(
+        test.iter().all(|n| !n.contains(' ')) && test.contains(&"star".to_string()),
+        "{test:?}"
+    );
+    assert!(
+        !shapes
+            .vocabulary(Split::Train)
+            .contains(&"star".to_string())
+    );
+    let samples = back.samples(Split::Train).unwrap();
+    assert!(
+        samples
+            .iter()
+            .flat_map(|s| &s.concepts)
+            .all(|c| !c.name.contains(' '))
+    );
+}
+
 #[test]
 fn an_unknown_field_is_refused() {
     let mut v = tiny_json();

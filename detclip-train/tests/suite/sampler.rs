@@ -7,16 +7,7 @@ use detclip_train::data::{DatasetConfig, JointSampler, Source, SourceConfig, Syn
 fn source(name: &str, kind: SourceKind, batch: usize, short: u32, weight: f64) -> SourceConfig {
     SourceConfig {
         name: name.into(),
-        dataset: DatasetConfig::Synthetic(SyntheticConfig {
-            seed: 7,
-            images: 6,
-            min_side: 64,
-            max_side: 64,
-            max_objects: 2,
-            min_object: 16,
-            kind,
-            split: Default::default(),
-        }),
+        dataset: DatasetConfig::Synthetic(SyntheticConfig::new(7, 6, (64, 64), (2, 16), kind)),
         batch_size: batch,
         short_sides: vec![short],
         max_long: None,

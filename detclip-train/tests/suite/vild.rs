@@ -47,16 +47,7 @@ backend_test! {
                 .init::<I<B>>(device);
             (detector, clip)
         });
-        let samples = SyntheticConfig {
-            seed: 3,
-            images: 5,
-            min_side: 64,
-            max_side: 96,
-            max_objects: 3,
-            min_object: 12,
-            kind: SourceKind::Detection,
-            split: Default::default(),
-        }
+        let samples = SyntheticConfig::new(3, 5, (64, 96), (3, 12), SourceKind::Detection)
         .samples(Split::Train)
         .unwrap();
         let options = PrecomputeOptions {
