@@ -74,18 +74,11 @@ impl BackendTask for Task {
         let detector = config.init::<B::InnerBackend>(&device).map_err(err)?;
         let vision = clip.vision.init::<B::InnerBackend>(&device);
         let side = a.short_side;
-        let samples = SyntheticConfig {
-            seed: 0,
-            images: a.images,
-            min_side: side,
-            max_side: side * 4 / 3,
-            max_objects: 4,
-            min_object: side / 8,
-            kind: SourceKind::Detection,
-            split: Default::default(),
-        }
-        .samples(Split::Train)
-        .map_err(err)?;
+        let sides = (side, side * 4 / 3);
+        let samples =
+            SyntheticConfig::new(0, a.images, sides, (4, side / 8), SourceKind::Detection)
+                .samples(Split::Train)
+                .map_err(err)?;
         let dir = std::env::temp_dir().join(format!("detclip-bench-vild-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let options = PrecomputeOptions {
