@@ -2,9 +2,11 @@
 //! ground-truth box, the label of the best-scored detection that overlaps it (IoU ≥ 0.5), and
 //! the score distributions of detections with the right label, a wrong label, and no object.
 //! It separates "the boxes are not found" from "the boxes are found but named wrongly".
+//! `--reverse` prompts the vocabulary in reverse order: labels that follow their words are
+//! grounded by word, labels that stay at the same prompt positions are grounded by position.
 //!
 //! ```sh
-//! cargo run --release -p detclip-train --example glip_errors -- runs/glip/checkpoint.bin [IMAGES]
+//! cargo run --release -p detclip-train --example glip_errors -- runs/glip/checkpoint.bin [IMAGES] [--reverse]
 //! ```
 use burn::backend::NdArray;
 use detclip_train::evaluate::{EvalSet, predict};
@@ -19,10 +21,14 @@ fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let path = args.next().expect("usage: glip_errors CHECKPOINT [IMAGES]");
+    let (flags, args): (Vec<String>, Vec<String>) =
+        std::env::args().skip(1).partition(|a| a.starts_with("--"));
+    let reverse = flags.iter().any(|f| f == "--reverse");
+    let path = args
+        .first()
+        .expect("usage: glip_errors CHECKPOINT [IMAGES] [--reverse]");
     let max: usize = args
-        .next()
+        .get(1)
         .map_or(150, |a| a.parse().expect("IMAGES is a count"));
     let device = Default::default();
     let (recipe, model) = load_trained::<GlipRecipe, NdArray>(path.as_ref(), &device).unwrap();
@@ -31,8 +37,12 @@ fn main() {
         .expect("the recipe has an evaluation set");
     let n = set.samples.len().min(max);
     let samples = &set.samples[..n];
-    let dets = predict(&recipe, &model, samples, &set.vocabulary, 0.05, 4, &device).unwrap();
-    let v = &set.vocabulary;
+    let mut vocabulary = set.vocabulary.clone();
+    if reverse {
+        vocabulary.reverse();
+    }
+    let dets = predict(&recipe, &model, samples, &vocabulary, 0.05, 4, &device).unwrap();
+    let v = &vocabulary;
     let k = v.len();
     // For each GT: the label of the top-scoring detection with IoU >= 0.5.
     let mut confusion = vec![vec![0usize; k + 1]; k];
