@@ -227,7 +227,7 @@ pub fn predict<R: Recipe, B: DetclipOps>(
             .collect();
         let batch = collate::<B>(prepared, divisor, device)?;
         let dets = recipe.detect(model, &batch, vocabulary, threshold)?;
-        for (d, (sx, sy)) in dets.into_iter().zip(scales) {
+        for ((d, (sx, sy)), s) in dets.into_iter().zip(scales).zip(chunk) {
             out.push(
                 d.into_iter()
                     .map(|mut x| {
@@ -237,6 +237,9 @@ pub fn predict<R: Recipe, B: DetclipOps>(
                             x.bbox[2] * sx,
                             x.bbox[3] * sy,
                         ];
+                        x.mask = x
+                            .mask
+                            .map(|m| m.resize(s.height as usize, s.width as usize));
                         x
                     })
                     .collect(),

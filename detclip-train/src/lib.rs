@@ -28,6 +28,7 @@ pub mod eval_cli;
 pub mod evaluate;
 pub mod import;
 pub mod learner;
+pub mod mask;
 pub mod recipe;
 pub mod recipes;
 pub mod splits;

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::data::DataConfig;
 use crate::learner::LearnerConfig;
+use crate::mask::Rle;
 
 /// The parameter groups the learner gives their own learning rate, and may freeze.
 #[derive(
@@ -114,7 +115,7 @@ impl<B: Backend> Default for LossTerms<B> {
 }
 
 /// One detection in the frame of the batch it was computed on.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Detected {
     /// `[x1, y1, x2, y2]` in pixels of the (resized, unpadded) image.
     pub bbox: [f32; 4],
@@ -122,6 +123,8 @@ pub struct Detected {
     pub label: usize,
     /// Confidence in `[0, 1]`.
     pub score: f32,
+    /// The object's mask in the same frame, from recipes that segment (RegionSpot's SAM).
+    pub mask: Option<Rle>,
 }
 
 /// A method: its model, its targets and loss, its inference, and its typed configuration.

@@ -185,6 +185,7 @@ fn build_sample(
             bbox,
             concepts: vec![concept],
             crowd: ann.iscrowd != 0,
+            score: None,
         });
     }
     if flavor == Flavor::Lvis {

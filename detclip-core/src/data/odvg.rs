@@ -200,6 +200,7 @@ impl LineContext<'_> {
                 bbox,
                 concepts: vec![concept],
                 crowd: false,
+                score: None,
             });
         }
         Ok(())
@@ -223,6 +224,7 @@ impl LineContext<'_> {
                 bbox,
                 concepts: vec![index],
                 crowd: false,
+                score: None,
             });
         }
         sample.caption = Some(g.caption.clone());

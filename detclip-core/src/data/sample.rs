@@ -145,6 +145,10 @@ pub struct Instance {
     /// COCO `iscrowd`: the box covers a group of objects. Kept, flagged; training treats it as
     /// an ignore region and never as a positive (see [`Sample::training_instances`]).
     pub crowd: bool,
+    /// A detector's confidence in the box, for boxes handed to a recogniser (RegionSpot's
+    /// `detclip detect --boxes`, whose class scores are multiplied by it); `None` for
+    /// annotations.
+    pub score: Option<f32>,
 }
 
 /// Where the image's pixels come from. Decoding is lazy: readers only record the path.

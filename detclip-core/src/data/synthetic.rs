@@ -488,6 +488,7 @@ impl World {
                 bbox: obj.bbox,
                 concepts: vec![c],
                 crowd: false,
+                score: None,
             });
         }
         if !objects.is_empty() {

@@ -366,17 +366,42 @@ impl<B: DetclipOps> Glip<B> {
             Some(p) => add_prompt(words, p)?,
             None => words,
         };
-        let (levels, words) = self.fuse(levels, words, attention_mask)?;
+        let (levels, words) = self.fuse(levels, words, attention_mask, None)?;
         Ok(self.head.forward(&levels, words))
     }
 
+    /// The word features at each stage of the language side, for analysing what the fused
+    /// words carry (e.g. how much of them is the word and how much its prompt position):
+    /// BERT's output, then for each fusion layer the words after X-MHA and after the layer's
+    /// BERT layer (`1 + 2·num_layers` tensors, each `[N, T, lang_dim]`; the last one is what
+    /// the head aligns with the regions).
+    ///
+    /// # Errors
+    /// As [`Glip::forward_features`].
+    pub fn word_stages(
+        &self,
+        levels: Vec<Tensor<B, 4>>,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+    ) -> DetResult<Vec<Tensor<B, 3>>> {
+        let words = self
+            .language
+            .forward(input_ids, attention_mask.clone(), None)?
+            .last_hidden_state();
+        let mut stages = vec![words.clone()];
+        self.fuse(levels, words, attention_mask, Some(&mut stages))?;
+        Ok(stages)
+    }
+
     /// The VLDyHead tower: per layer, X-MHA on (levels, words), a BERT layer on the words, a
-    /// DyHead block on the levels.
+    /// DyHead block on the levels. `trace` collects the words after each X-MHA and each BERT
+    /// layer.
     fn fuse(
         &self,
         mut levels: Vec<Tensor<B, 4>>,
         mut words: Tensor<B, 3>,
         mask: Tensor<B, 2, Int>,
+        mut trace: Option<&mut Vec<Tensor<B, 3>>>,
     ) -> DetResult<(Vec<Tensor<B, 4>>, Tensor<B, 3>)> {
         let bias = padding_bias(mask.clone());
         for ((fusion, text), dyconv) in self
@@ -386,7 +411,13 @@ impl<B: DetclipOps> Glip<B> {
             .zip(&self.dyconvs)
         {
             let (v, l) = fusion.forward_levels(&levels, words, Some(mask.clone()))?;
+            if let Some(t) = trace.as_mut() {
+                t.push(l.clone());
+            }
             words = text.forward(l, bias.clone());
+            if let Some(t) = trace.as_mut() {
+                t.push(words.clone());
+            }
             levels = dyconv.forward(&v)?;
         }
         Ok((levels, words))

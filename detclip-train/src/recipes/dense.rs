@@ -139,6 +139,7 @@ fn image_detections(
             bbox: cand_boxes[i],
             label: cand_labels[i] as usize,
             score: cand_scores[i],
+            mask: None,
         })
         .collect())
 }

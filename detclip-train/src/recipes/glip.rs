@@ -35,6 +35,8 @@ use detclip_models::glip::{
     Glip, GlipBackboneConfig, GlipConfig, GlipInferenceConfig, GlipLossConfig, GlipTarget,
     PhraseTokens, described_prompts, glip_detect, glip_loss,
 };
+use detclip_models::layers::NormMode;
+use detclip_models::resnet::ResNetConfig;
 use detclip_models::swin::SwinConfig;
 use detclip_models::tokenizer::{
     Overflow, TextTokenizer, TokenizedText, TokenizerOptions, batch_tensors, wordpiece_tokenizer,
@@ -80,6 +82,24 @@ pub struct GlipModelSizes {
     pub norm_groups: usize,
     /// Anchor side as a multiple of the level's stride (GLIP: 8).
     pub anchor_scale: f32,
+    /// A ResNet in place of Swin (GLIP's R50 variants; here a small one with trainable batch
+    /// norms, as DetCLIPv2's synthetic preset has); the `swin_*` fields are then unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resnet: Option<GlipResNetSizes>,
+}
+
+/// A ResNet backbone's sizes: bottleneck blocks as in ResNet-50, batch norms that train, no
+/// frozen stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlipResNetSizes {
+    /// Blocks per stage (ResNet-50: `[3, 4, 6, 3]`).
+    pub layers: [usize; 4],
+    /// The stem's output channels (ResNet-50: 64).
+    pub stem_channels: usize,
+    /// The first stage's bottleneck width (ResNet-50: 64; outputs are 4× it, doubling per
+    /// stage).
+    pub width: usize,
 }
 
 /// The text side: prompt length and vocabulary.
@@ -259,6 +279,7 @@ impl GlipRecipe {
                 fusion_heads: 4,
                 norm_groups: 8,
                 anchor_scale: 4.0,
+                resnet: None,
             },
             text: GlipTextConfig {
                 max_tokens: 64,
@@ -407,7 +428,17 @@ impl GlipRecipe {
             .with_num_heads(m.bert_heads)
             .with_intermediate_size(m.bert_intermediate)
             .with_max_position_embeddings(self.text.positions.unwrap_or(self.text.max_tokens));
-        Ok(GlipConfig::new(GlipBackboneConfig::Swin(swin), bert)
+        let backbone = match &m.resnet {
+            None => GlipBackboneConfig::Swin(swin),
+            Some(r) => GlipBackboneConfig::ResNet(
+                ResNetConfig::new(r.layers)
+                    .with_stem_channels(r.stem_channels)
+                    .with_width(r.width)
+                    .with_norm(NormMode::Batch)
+                    .with_frozen_stages(0),
+            ),
+        };
+        Ok(GlipConfig::new(backbone, bert)
             .with_channels(m.channels)
             .with_num_layers(m.num_layers)
             .with_fusion_embed_dim(m.fusion_dim)
@@ -832,6 +863,7 @@ impl Recipe for GlipRecipe {
                         bbox: clip(d.boxes[i]),
                         label: d.classes[i],
                         score: d.scores[i],
+                        mask: None,
                     })
                     .collect()
             })

@@ -1192,6 +1192,7 @@ fn to_detected(d: VildDetections, h: usize, w: usize) -> Vec<Detected> {
             ],
             label,
             score,
+            mask: None,
         })
         .collect()
 }

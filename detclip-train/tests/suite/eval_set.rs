@@ -130,6 +130,7 @@ fn fake_detections(set: &EvalSet) -> Vec<Vec<Detected>> {
                     bbox: [x1 + shift, y1, x2 + shift, y2 - shift],
                     label,
                     score: 0.9 - 0.013 * k as f32,
+                    mask: None,
                 });
             }
             out
@@ -450,6 +451,7 @@ fn coco_48_17_trains_on_base_boxes_and_scores_65_categories() {
                         bbox: inst.bbox,
                         label,
                         score: 1.0 - 1e-4 * k as f32,
+                        mask: None,
                     })
                 })
                 .collect()

@@ -17,6 +17,7 @@ mod eval_set;
 mod glip;
 mod import_official;
 mod learner;
+mod mask;
 mod parallel;
 mod regionspot;
 mod sampler;

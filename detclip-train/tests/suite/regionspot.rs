@@ -195,6 +195,72 @@ fn regionspot_detect_classifies_the_given_boxes() {
         );
     }
 
+    // SAM's mask of each box comes with its detections, at the image's size, in the JSON too.
+    for (dets, s) in report.detections.iter().zip(&samples) {
+        for d in dets {
+            let m = d
+                .mask
+                .as_ref()
+                .expect("a RegionSpot detection carries its mask");
+            assert_eq!(m.size, [s.height as usize, s.width as usize]);
+            assert_eq!(
+                m.counts.iter().map(|&c| c as usize).sum::<usize>(),
+                m.size[0] * m.size[1]
+            );
+            let twin = dets
+                .iter()
+                .find(|o| o.bbox == d.bbox && o.label != d.label)
+                .unwrap();
+            assert_eq!(twin.mask.as_ref(), Some(m), "one box, one mask");
+        }
+    }
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report.json).unwrap()).unwrap();
+    for a in written["annotations"].as_array().unwrap() {
+        let size = &a["segmentation"]["size"];
+        let total: u64 = a["segmentation"]["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            total,
+            size[0].as_u64().unwrap() * size[1].as_u64().unwrap(),
+            "{a}"
+        );
+    }
+    // A box's detector score multiplies its class scores: the same boxes without scores.
+    let mut plain =
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&boxes).unwrap())
+            .unwrap();
+    for a in plain["annotations"].as_array_mut().unwrap() {
+        a.as_object_mut().unwrap().remove("score");
+    }
+    plain["annotations"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|a| a["id"] != 4);
+    let plain = write("plain.json", plain);
+    let unscored = detect(Some(&plain), "det-plain").unwrap();
+    for (scored, bare) in report.detections.iter().zip(&unscored.detections) {
+        assert_eq!(scored.len(), bare.len());
+        for d in scored {
+            let b = bare
+                .iter()
+                .find(|b| b.bbox == d.bbox && b.label == d.label)
+                .unwrap();
+            let factor = if (d.bbox[0] - 2.0).abs() < 1e-2 {
+                0.9
+            } else if (d.bbox[0] - 10.0).abs() < 1e-2 {
+                1.0
+            } else {
+                0.8
+            };
+            assert!((d.score - b.score * factor).abs() < 1e-5, "{d:?} vs {b:?}");
+        }
+    }
+
     let err = detect(None, "det-none").unwrap_err().to_string();
     assert!(err.contains("--boxes"), "{err}");
     let bad_json = dir.join("bad.json");

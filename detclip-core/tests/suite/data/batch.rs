@@ -13,6 +13,7 @@ fn prepared(key: &str, w: u32, h: u32, boxes: &[[f32; 4]]) -> Prepared {
             bbox,
             concepts: vec![c],
             crowd: false,
+            score: None,
         });
     }
     // Pixel (c, y, x) of image `key` holds a value that names it.

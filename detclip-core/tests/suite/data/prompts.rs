@@ -124,6 +124,7 @@ fn detection_sample() -> Sample {
             bbox: [0.0, 0.0, 10.0, 10.0],
             concepts: vec![c],
             crowd,
+            score: None,
         });
     }
     let concept = |n: &str| Concept {

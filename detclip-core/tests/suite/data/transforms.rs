@@ -22,6 +22,7 @@ fn loaded(w: u32, h: u32, kind: SourceKind, boxes: &[(&str, [f32; 4])]) -> Loade
             bbox,
             concepts: vec![c],
             crowd: false,
+            score: None,
         });
     }
     Loaded::new(image, s).unwrap()

@@ -46,6 +46,7 @@ pub use text::{TextSide, words_of};
 
 use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig};
 use crate::learner::{Decay, LearnerConfig};
+use crate::mask::Rle;
 use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
 
 /// Sizes of small SAM- and CLIP-shaped encoders (the synthetic world, tests).
@@ -334,6 +335,44 @@ impl RegionSpotRecipe {
         let sam = interpolate(square.clone(), [sam_side, sam_side], bilinear());
         let clip = to_clip_normalisation(interpolate(square, [clip_side, clip_side], bilinear()));
         (sam, clip, sam_side as f32 / side as f32)
+    }
+
+    /// SAM's binary masks (logit > 0) of image `i`'s boxes in the batch frame, from the mask
+    /// logits of [`FrozenFeatures::masks`] (SAM's input is the image padded to a square and
+    /// resized, see `frozen_inputs`), through SAM's own postprocessing.
+    fn box_masks<B: Backend>(
+        &self,
+        model: &RegionSpot<B>,
+        batch: &Batch<B>,
+        i: usize,
+        logits: Tensor<B, 4>,
+    ) -> Result<Vec<Rle>> {
+        let (h, w) = batch.image_sizes[i];
+        let sam_side = model.sam.image_encoder.img_size();
+        let scale = sam_side as f64 / h.max(w) as f64;
+        let input = [
+            ((h as f64 * scale).round() as usize).clamp(1, sam_side),
+            ((w as f64 * scale).round() as usize).clamp(1, sam_side),
+        ];
+        let masks = model.sam.postprocess_masks(logits, input, [h, w])?;
+        let [_, n, _, _] = masks.dims();
+        let logits: Vec<f32> =
+            masks
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .map_err(|e| DetError::InvalidOption {
+                    op: "regionspot masks",
+                    why: format!("{e:?}"),
+                })?;
+        Ok(logits
+            .chunks(h * w)
+            .take(n)
+            .map(|m| {
+                let bits: Vec<bool> = m.iter().map(|&v| v > 0.0).collect();
+                Rle::encode(&bits, h, w)
+            })
+            .collect())
     }
 
     fn clip_input(&self) -> usize {
@@ -678,12 +717,20 @@ impl Recipe for RegionSpotRecipe {
                 continue;
             }
             let features = self.frozen(model, batch, i, &boxes)?;
+            let masks = self.box_masks(model, batch, i, features.masks.clone())?;
             let logits = model.forward_cached(&features, classes.clone())?.logits;
-            let scores: Vec<f32> = sigmoid(logits)
+            let mut scores: Vec<f32> = sigmoid(logits)
                 .into_data()
                 .convert::<f32>()
                 .to_vec()
                 .unwrap_or_default();
+            // Boxes from a detector: class probability × the detector's confidence (as
+            // `BoxSource::Detector`).
+            for (row, inst) in scores.chunks_mut(c).zip(&batch.samples[i].instances) {
+                if let Some(box_score) = inst.score {
+                    row.iter_mut().for_each(|s| *s *= box_score);
+                }
+            }
             let mut dets: Vec<Detected> = scores
                 .iter()
                 .enumerate()
@@ -692,6 +739,7 @@ impl Recipe for RegionSpotRecipe {
                     bbox: boxes[k / c],
                     label: k % c,
                     score,
+                    mask: Some(masks[k / c].clone()),
                 })
                 .collect();
             dets.sort_by(|a, b| b.score.total_cmp(&a.score));
