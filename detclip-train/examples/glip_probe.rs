@@ -16,6 +16,8 @@
 //! ```sh
 //! cargo run --release -p detclip-train --example glip_probe -- runs/glip/checkpoint.bin [IMAGES]
 //! ```
+// The Latin-square layout (prompt r, position j, word (r + j) mod k) reads clearer with indices.
+#![allow(clippy::needless_range_loop)]
 use burn::backend::NdArray;
 use burn::prelude::*;
 use detclip_core::data::prompt::PromptFormat;
@@ -141,6 +143,8 @@ fn main() {
     let mut feats: Vec<Vec<Vec<Vec<Vec<f32>>>>> = Vec::new();
     // logits[box][word][position], own word per box
     let mut box_logits: Vec<(usize, Vec<Vec<f32>>)> = Vec::new();
+    // (word, FPN feature, fused feature) at each box's centre
+    let mut regions: Vec<(usize, Vec<f32>, Vec<f32>)> = Vec::new();
     for s in samples {
         let prepared = transform.apply(Loaded::load(s.clone(), Orientation::Apply).unwrap());
         let batch = collate::<B>(vec![prepared], divisor, &device).unwrap();
@@ -148,10 +152,55 @@ fn main() {
         let rep = |l: &Tensor<B, 4>| l.clone().repeat_dim(0, k);
         let levels: Vec<Tensor<B, 4>> = levels.iter().map(rep).collect();
         let (ids, mask) = batch_tensors::<B>(&encoded, &device).unwrap();
-        let mut stages = model
+        let traced = model
             .glip
             .word_stages(levels.clone(), ids.clone(), mask.clone())
             .unwrap();
+        let (mut stages, fused) = (traced.words, traced.levels);
+        // Region features at each box's centre, on the level whose anchors fit it best: from
+        // the FPN (image side alone) and from the fused pyramid (what the head reads; prompt 0).
+        {
+            let img_h = batch.images.dims()[2] as f32;
+            let boxes = to_vec(batch.boxes[0].clone());
+            let fpn: Vec<Vec<f32>> = levels
+                .iter()
+                .map(|l| to_vec(l.clone().narrow(0, 0, 1)))
+                .collect();
+            let fus: Vec<Vec<f32>> = fused
+                .iter()
+                .map(|l| to_vec(l.clone().narrow(0, 0, 1)))
+                .collect();
+            for (bi, inst) in batch.samples[0].instances.iter().enumerate() {
+                let Some(own) = inst.concepts.first().and_then(|&c| {
+                    vocab
+                        .iter()
+                        .position(|v| *v == batch.samples[0].concepts[c].name)
+                }) else {
+                    continue;
+                };
+                let b = &boxes[bi * 4..bi * 4 + 4];
+                let side = (b[2] - b[0]).max(b[3] - b[1]);
+                let lev = (0..levels.len())
+                    .min_by(|&a, &c| {
+                        let fit = |l: usize| {
+                            let stride = img_h / levels[l].dims()[2] as f32;
+                            (side / (4.0 * stride)).ln().abs()
+                        };
+                        fit(a).total_cmp(&fit(c))
+                    })
+                    .unwrap();
+                let [_, ch, h, w] = levels[lev].dims();
+                let stride = img_h / h as f32;
+                let x = ((((b[0] + b[2]) / 2.0) / stride) as usize).min(w - 1);
+                let y = ((((b[1] + b[3]) / 2.0) / stride) as usize).min(h - 1);
+                let at = |v: &Vec<f32>| {
+                    (0..ch)
+                        .map(|c| v[c * h * w + y * w + x])
+                        .collect::<Vec<f32>>()
+                };
+                regions.push((own, at(&fpn[lev]), at(&fus[lev])));
+            }
+        }
         // What the head aligns with: unit-length projected tokens, and the per-token bias.
         let last = stages.last().unwrap().clone();
         let unit = last.clone() / last.powi_scalar(2).sum_dim(2).sqrt().clamp_min(1e-12);
@@ -289,6 +338,47 @@ fn main() {
                 .unwrap();
             own_wins += usize::from(best == *own);
         }
+    }
+    // Do the region features tell the shapes apart? Leave-one-out nearest class mean (cosine).
+    println!("\nregion features at box centres: leave-one-out nearest-class-mean accuracy");
+    for (name, pick) in [("FPN (image side)", 1usize), ("fused (head input)", 2)] {
+        let feats: Vec<(usize, Vec<f32>)> = regions
+            .iter()
+            .map(|r| (r.0, if pick == 1 { r.1.clone() } else { r.2.clone() }))
+            .map(|(w, mut v)| {
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                v.iter_mut().for_each(|x| *x /= n);
+                (w, v)
+            })
+            .collect();
+        let d = feats.first().map_or(0, |f| f.1.len());
+        let mut sums = vec![vec![0f32; d]; k];
+        let mut counts = vec![0usize; k];
+        for (w, v) in &feats {
+            counts[*w] += 1;
+            sums[*w].iter_mut().zip(v).for_each(|(s, x)| *s += x);
+        }
+        let mut right = 0;
+        for (w, v) in &feats {
+            let best = (0..k)
+                .filter(|&c| counts[c] > usize::from(c == *w))
+                .max_by(|&a, &b| {
+                    let score = |c: usize| {
+                        let m: Vec<f32> = sums[c]
+                            .iter()
+                            .zip(v)
+                            .map(|(s, x)| if c == *w { s - x } else { *s })
+                            .collect();
+                        let n = m.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                        m.iter().zip(v).map(|(a, b)| a * b).sum::<f32>() / n
+                    };
+                    score(a).total_cmp(&score(b))
+                })
+                .unwrap();
+            right += usize::from(best == *w);
+        }
+        let most = counts.iter().max().copied().unwrap_or(0);
+        println!("{name:>32} {right}/{} (majority class {most})", feats.len());
     }
     // Per word: how well its mean logit ranks its own boxes above other boxes (the ranking a
     // class's AP measures), as the area under the ROC curve (0.5: chance).

@@ -276,6 +276,15 @@ pub struct GlipOutput<B: Backend> {
     pub sizes: Vec<[usize; 2]>,
 }
 
+/// What [`Glip::word_stages`] returns.
+#[derive(Debug, Clone)]
+pub struct WordStages<B: Backend> {
+    /// The words after BERT, then after each X-MHA and each fused BERT layer, `[N, T, D]`.
+    pub words: Vec<Tensor<B, 3>>,
+    /// The fused pyramid the head reads, `[N, C, H_l, W_l]` per level.
+    pub levels: Vec<Tensor<B, 4>>,
+}
+
 impl<B: DetclipOps> Glip<B> {
     /// Detects the words of a tokenised prompt in images.
     ///
@@ -374,7 +383,7 @@ impl<B: DetclipOps> Glip<B> {
     /// words carry (e.g. how much of them is the word and how much its prompt position):
     /// BERT's output, then for each fusion layer the words after X-MHA and after the layer's
     /// BERT layer (`1 + 2·num_layers` tensors, each `[N, T, lang_dim]`; the last one is what
-    /// the head aligns with the regions).
+    /// the head aligns with the regions); and the fused pyramid the head reads.
     ///
     /// # Errors
     /// As [`Glip::forward_features`].
@@ -383,14 +392,17 @@ impl<B: DetclipOps> Glip<B> {
         levels: Vec<Tensor<B, 4>>,
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
-    ) -> DetResult<Vec<Tensor<B, 3>>> {
+    ) -> DetResult<WordStages<B>> {
         let words = self
             .language
             .forward(input_ids, attention_mask.clone(), None)?
             .last_hidden_state();
         let mut stages = vec![words.clone()];
-        self.fuse(levels, words, attention_mask, Some(&mut stages))?;
-        Ok(stages)
+        let (levels, _) = self.fuse(levels, words, attention_mask, Some(&mut stages))?;
+        Ok(WordStages {
+            words: stages,
+            levels,
+        })
     }
 
     /// The VLDyHead tower: per layer, X-MHA on (levels, words), a BERT layer on the words, a
