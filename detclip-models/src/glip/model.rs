@@ -58,6 +58,16 @@ pub struct GlipConfig {
     /// Initial `log_scale` of the alignment logits (`MODEL.DYHEAD.LOG_SCALE`, 0).
     #[config(default = 0.0)]
     pub log_scale: f64,
+    /// The deep fusion: an X-MHA block and a BERT layer before each DyHead block
+    /// (`MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON`). `false` keeps the DyHead blocks and leaves
+    /// the fusion out, the paper's GLIP-T (A) ablation: the head aligns the DyHead's regions
+    /// with BERT's words.
+    #[config(default = true)]
+    pub fusion: bool,
+    /// Initial layer scale γ of the X-MHA blocks; `None`: `1 / num_layers`, as the released
+    /// model (`init_values=1.0 / NUM_CONVS`).
+    #[config(default = "None")]
+    pub fusion_gamma: Option<f64>,
 }
 
 impl GlipConfig {
@@ -123,16 +133,22 @@ impl GlipConfig {
             self.fusion_embed_dim,
             self.fusion_heads,
         ))
-        .with_init_gamma(1.0 / self.num_layers as f64);
+        .with_init_gamma(
+            self.fusion_gamma
+                .unwrap_or(1.0 / self.num_layers.max(1) as f64),
+        );
+        let fused_layers = if self.fusion { self.num_layers } else { 0 };
         let dyconv = DyConvConfig::new(self.channels, self.channels)
             .with_norm_groups(Some(self.norm_groups));
         let mut fusions = Vec::with_capacity(self.num_layers);
         let mut dyconvs = Vec::with_capacity(self.num_layers);
-        for _ in 0..self.num_layers {
-            fusions.push(fusion.init(device)?);
+        for i in 0..self.num_layers {
+            if i < fused_layers {
+                fusions.push(fusion.init(device)?);
+            }
             dyconvs.push(dyconv.init(device)?);
         }
-        let text_layers = (0..self.num_layers)
+        let text_layers = (0..fused_layers)
             .map(|_| bert_layer(&self.bert, device))
             .collect();
         let prior_logit = -((1.0 - self.prior_prob) / self.prior_prob).ln();
@@ -416,20 +432,22 @@ impl<B: DetclipOps> Glip<B> {
         mut trace: Option<&mut Vec<Tensor<B, 3>>>,
     ) -> DetResult<(Vec<Tensor<B, 4>>, Tensor<B, 3>)> {
         let bias = padding_bias(mask.clone());
-        for ((fusion, text), dyconv) in self
-            .fusions
-            .iter()
-            .zip(&self.text_layers)
-            .zip(&self.dyconvs)
-        {
-            let (v, l) = fusion.forward_levels(&levels, words, Some(mask.clone()))?;
-            if let Some(t) = trace.as_mut() {
-                t.push(l.clone());
-            }
-            words = text.forward(l, bias.clone());
-            if let Some(t) = trace.as_mut() {
-                t.push(words.clone());
-            }
+        for (i, dyconv) in self.dyconvs.iter().enumerate() {
+            // Without fusion (GLIP-T (A)) the levels go straight to the DyHead block.
+            let v = match (self.fusions.get(i), self.text_layers.get(i)) {
+                (Some(fusion), Some(text)) => {
+                    let (v, l) = fusion.forward_levels(&levels, words, Some(mask.clone()))?;
+                    if let Some(t) = trace.as_mut() {
+                        t.push(l.clone());
+                    }
+                    words = text.forward(l, bias.clone());
+                    if let Some(t) = trace.as_mut() {
+                        t.push(words.clone());
+                    }
+                    v
+                }
+                _ => levels,
+            };
             levels = dyconv.forward(&v)?;
         }
         Ok((levels, words))

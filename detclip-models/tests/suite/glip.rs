@@ -281,6 +281,35 @@ backend_test! {
 }
 
 backend_test! {
+    fn glip_without_fusion_aligns_dyhead_regions_with_berts_words<B>(device) {
+        // GLIP-T (A): the DyHead blocks stay, the X-MHA blocks and their BERT layers go.
+        let config = GlipConfig::small().with_fusion(false);
+        let model = config.init::<B::InnerBackend>(device).unwrap();
+        assert!(model.fusions.is_empty() && model.text_layers.is_empty());
+        assert_eq!(model.dyconvs.len(), config.num_layers);
+        let (images, ids, mask) = small_inputs::<B::InnerBackend>(device);
+        let levels = model.image_features(images.clone()).unwrap();
+        let stages = model.word_stages(levels, ids.clone(), mask.clone()).unwrap();
+        // The head reads BERT's output unchanged: one stage of words.
+        assert_eq!(stages.words.len(), 1);
+        let bert = model.language.forward(ids.clone(), mask.clone(), None).unwrap().last_hidden_state();
+        assert_eq!(max_abs_diff(&to_vec(stages.words[0].clone()), &to_vec(bert)), 0.0);
+        let out = model.forward(images.clone(), ids.clone(), mask.clone()).unwrap();
+        assert_eq!(out.sizes, vec![[8, 8], [4, 4], [2, 2], [1, 1], [1, 1]]);
+        assert!(out.logits.iter().all(|l| to_vec(l.clone()).iter().all(|v| v.is_finite())));
+        // With fusion, every stage is traced (BERT, then X-MHA and BERT layer per layer), and
+        // γ starts at 1 / num_layers unless given.
+        let fused = GlipConfig::small().init::<B::InnerBackend>(device).unwrap();
+        let levels = fused.image_features(images.clone()).unwrap();
+        let stages = fused.word_stages(levels, ids.clone(), mask.clone()).unwrap();
+        assert_eq!(stages.words.len(), 1 + 2 * fused.fusions.len());
+        assert!(to_vec(fused.fusions[1].gamma_v.val()).iter().all(|&g| g == 0.5));
+        let small_gamma = GlipConfig::small().with_fusion_gamma(Some(1e-4)).init::<B::InnerBackend>(device).unwrap();
+        assert!(to_vec(small_gamma.fusions[0].gamma_l.val()).iter().all(|&g| (g - 1e-4).abs() < 1e-9));
+    }
+}
+
+backend_test! {
     fn glip_runs_forward_and_backward<B>(device) {
         let model = GlipConfig::small().init::<B>(device).unwrap();
         let (images, ids, mask) = small_inputs::<B>(device);

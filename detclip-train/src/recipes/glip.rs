@@ -72,7 +72,8 @@ pub struct GlipModelSizes {
     pub bert_intermediate: usize,
     /// FPN and head channels.
     pub channels: usize,
-    /// X-MHA + BERT layer + DyHead block repeats.
+    /// X-MHA + BERT layer + DyHead block repeats; 0 leaves the whole tower out (an ablation:
+    /// the head then aligns the FPN's regions with BERT's words, with no fusion).
     pub num_layers: usize,
     /// X-MHA's joint width.
     pub fusion_dim: usize,
@@ -82,10 +83,26 @@ pub struct GlipModelSizes {
     pub norm_groups: usize,
     /// Anchor side as a multiple of the level's stride (GLIP: 8).
     pub anchor_scale: f32,
+    /// The X-MHA fusion and its BERT layers before each DyHead block; `false` keeps the DyHead
+    /// blocks only (GLIP-T (A), an ablation).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub fusion: bool,
+    /// Initial layer scale γ of the X-MHA blocks; `None`: `1 / num_layers` (the released
+    /// model's rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_gamma: Option<f64>,
     /// A ResNet in place of Swin (GLIP's R50 variants; here a small one with trainable batch
     /// norms, as DetCLIPv2's synthetic preset has); the `swin_*` fields are then unused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resnet: Option<GlipResNetSizes>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// A ResNet backbone's sizes: bottleneck blocks as in ResNet-50, batch norms that train, no
@@ -279,6 +296,8 @@ impl GlipRecipe {
                 fusion_heads: 4,
                 norm_groups: 8,
                 anchor_scale: 4.0,
+                fusion: true,
+                fusion_gamma: None,
                 resnet: None,
             },
             text: GlipTextConfig {
@@ -443,7 +462,9 @@ impl GlipRecipe {
             .with_num_layers(m.num_layers)
             .with_fusion_embed_dim(m.fusion_dim)
             .with_fusion_heads(m.fusion_heads)
-            .with_norm_groups(m.norm_groups))
+            .with_norm_groups(m.norm_groups)
+            .with_fusion(m.fusion)
+            .with_fusion_gamma(m.fusion_gamma))
     }
 
     fn anchors(&self) -> AnchorGenerator {
@@ -690,7 +711,6 @@ impl Recipe for GlipRecipe {
             m.bert_heads,
             m.bert_intermediate,
             m.channels,
-            m.num_layers,
             m.fusion_dim,
             m.fusion_heads,
             m.norm_groups,
