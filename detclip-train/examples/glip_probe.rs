@@ -18,6 +18,8 @@
 //! ```sh
 //! cargo run --release -p detclip-train --example glip_probe -- runs/glip/checkpoint.bin [IMAGES] [PROMPTS]
 //! ```
+// Prompt r, position j and word w index several tables at once; indices read clearer.
+#![allow(clippy::needless_range_loop)]
 use burn::backend::NdArray;
 use burn::prelude::*;
 use detclip_core::data::prompt::PromptFormat;
