@@ -288,6 +288,26 @@ pub trait DevicesTask {
     type Output;
     /// Runs the task on backend `B`, devices `devices` (at least one).
     fn run<B: DetclipAutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output;
+    /// Runs the task in half precision: `B` computes in the half type; `F` is the CPU backend
+    /// in f32, on device `master`, for f32 master weights (`None` when this build has no CPU
+    /// backend). A task that does not need `F` calls `self.run::<B>(devices)`.
+    fn run_half<B: DetclipAutodiffBackend, F: DetclipAutodiffBackend>(
+        self,
+        devices: Vec<B::Device>,
+        master: Option<F::Device>,
+    ) -> Self::Output;
+}
+
+/// [`DevicesTask::run_half`] with the CPU backend for the f32 master weights.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn run_half<T: DevicesTask, B: DetclipAutodiffBackend>(
+    task: T,
+    devices: Vec<B::Device>,
+) -> T::Output {
+    #[cfg(feature = "ndarray")]
+    return task.run_half::<B, Autodiff<NdArrayBackend>>(devices, Some(Default::default()));
+    #[cfg(not(feature = "ndarray"))]
+    return task.run_half::<B, B>(devices, None);
 }
 
 /// Runs `task` on the devices `specs` name (from [`parse_device_list`]), on the backend whose
@@ -338,7 +358,7 @@ pub fn run_on_devices<T: DevicesTask>(
             match precision {
                 Precision::F32 => Ok(task.run::<Autodiff<WgpuBackend>>(devices)),
                 Precision::F16 => {
-                    Ok(task.run::<Autodiff<burn::backend::Wgpu<half::f16, i32>>>(devices))
+                    Ok(run_half::<_, Autodiff<burn::backend::Wgpu<half::f16, i32>>>(task, devices))
                 }
                 Precision::Bf16 => Err(unsupported(
                     "precision bf16 needs --device cuda (WGSL has no bfloat16); use f16 on wgpu",
@@ -358,11 +378,11 @@ pub fn run_on_devices<T: DevicesTask>(
             match precision {
                 Precision::F32 => Ok(task.run::<Autodiff<CudaBackend>>(devices)),
                 Precision::F16 => {
-                    Ok(task.run::<Autodiff<burn::backend::Cuda<half::f16, i32>>>(devices))
+                    Ok(run_half::<_, Autodiff<burn::backend::Cuda<half::f16, i32>>>(task, devices))
                 }
-                Precision::Bf16 => {
-                    Ok(task.run::<Autodiff<burn::backend::Cuda<half::bf16, i32>>>(devices))
-                }
+                Precision::Bf16 => Ok(
+                    run_half::<_, Autodiff<burn::backend::Cuda<half::bf16, i32>>>(task, devices),
+                ),
             }
         }
         other => Err(DetError::Device {

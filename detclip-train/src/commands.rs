@@ -15,7 +15,8 @@ use crate::detect::{DetectReport, attach_boxes, detect_and_write, image_samples,
 use crate::evaluate::EvalReport;
 use crate::import::import_checkpoint;
 use crate::learner::{
-    Checkpoint, EvalSet, LossScaler, RunOptions, RunSummary, load_trained, train, train_on_devices,
+    Checkpoint, EvalSet, LossScaler, RunOptions, RunSummary, load_trained, train, train_mixed,
+    train_on_devices,
 };
 use crate::recipe::{Recipe, read_config};
 use crate::recipes::regionspot::{CacheReport, cache_features};
@@ -112,6 +113,33 @@ impl DevicesTask for TrainTask {
             AnyRecipe::Vild(r) => train_on_devices::<_, B>(r, d, o),
         }
     }
+
+    fn run_half<B: DetclipAutodiffBackend, F: DetclipAutodiffBackend>(
+        self,
+        devices: Vec<B::Device>,
+        master: Option<F::Device>,
+    ) -> Self::Output {
+        if !self.options.master_weights {
+            return self.run::<B>(devices);
+        }
+        let Some(m) = &master else {
+            return Err(DetError::InvalidOption {
+                op: "train",
+                why: "f32 master weights live on the CPU backend, which this build lacks \
+                      (feature `ndarray`); pass --no-master-weights to train in half precision \
+                      throughout"
+                    .into(),
+            });
+        };
+        let (d, o) = (&devices, &self.options);
+        match &self.recipe {
+            AnyRecipe::Shapes(r) => train_mixed::<_, B, F>(r, d, m, o),
+            AnyRecipe::RegionSpot(r) => train_mixed::<_, B, F>(r, d, m, o),
+            AnyRecipe::DetClipV2(r) => train_mixed::<_, B, F>(r, d, m, o),
+            AnyRecipe::Glip(r) => train_mixed::<_, B, F>(r, d, m, o),
+            AnyRecipe::Vild(r) => train_mixed::<_, B, F>(r, d, m, o),
+        }
+    }
 }
 
 struct ImportTask {
@@ -160,7 +188,8 @@ pub fn train_command(recipe: AnyRecipe, device: &str, options: RunOptions) -> Re
 
 /// `detclip train --devices D1,D2,… --precision P`: data-parallel over the listed devices of
 /// one backend (one device: plain training), computing in `precision`. Half precision turns
-/// on dynamic loss scaling (PyTorch's `GradScaler` defaults) unless `options` sets a scaler.
+/// on dynamic loss scaling (PyTorch's `GradScaler` defaults) unless `options` sets a scaler,
+/// and keeps f32 master weights unless `options.master_weights` is off.
 /// A device list that names a device that is not there, or a precision the backend does not
 /// have, is refused before anything is written.
 pub fn train_devices_command(

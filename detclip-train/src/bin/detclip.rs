@@ -7,7 +7,7 @@
 //! detclip eval odinw --config LIST.json [--json]
 //! detclip eval grounding --input PHRASES.json [--k 1,5,10] [--iou 0.5] [--json]
 //! detclip train --recipe NAME [--config FILE] [--data FILE] [--device auto] [--out DIR] [--resume]
-//!     [--devices cuda:0,cuda:1] [--precision f32|f16|bf16]
+//!     [--devices cuda:0,cuda:1] [--precision f32|f16|bf16 [--no-master-weights]]
 //! detclip detect --checkpoint C --image PATH|DIR --prompt "cat. dog." [--threshold 0.3] [--out DIR]
 //!                [--boxes DETECTIONS.json [--min-box-score S]]   (regionspot: classify given boxes)
 //! detclip demo [--out DIR] [--device cpu] [--steps N]
@@ -88,9 +88,14 @@ enum Command {
         /// --device; `cpu,cpu` runs the multi-device path on the CPU).
         #[arg(long, conflicts_with = "device")]
         devices: Option<String>,
-        /// f32 | f16 (wgpu, cuda) | bf16 (cuda); half precision scales the loss dynamically.
+        /// f32 | f16 (wgpu, cuda) | bf16 (cuda); half precision scales the loss dynamically
+        /// and keeps f32 master weights and optimiser moments.
         #[arg(long, default_value = "f32")]
         precision: String,
+        /// With --precision f16|bf16: keep the weights and AdamW's moments in the half type
+        /// too (no f32 master copy: less memory, but updates under half an ulp are lost).
+        #[arg(long)]
+        no_master_weights: bool,
     },
     /// Detect concepts in images with a trained checkpoint.
     Detect {
@@ -405,8 +410,7 @@ fn run_train(
     config: Option<PathBuf>,
     data: Option<PathBuf>,
     device: &str,
-    out: PathBuf,
-    resume: bool,
+    options: RunOptions,
     precision: &str,
 ) -> ExitCode {
     let recipe = AnyRecipe::load(recipe, config.as_deref()).and_then(|r| match &data {
@@ -421,8 +425,7 @@ fn run_train(
         Ok(p) => p,
         Err(e) => return fail("train", e),
     };
-    let mut options = RunOptions::new(&out);
-    options.resume = resume;
+    let out = options.out.clone();
     match commands::train_devices_command(recipe, device, precision, options) {
         Ok(summary) => {
             let last = summary.steps.last().map(|s| s.loss).unwrap_or(f64::NAN);
@@ -490,15 +493,20 @@ fn main() -> ExitCode {
             resume,
             devices,
             precision,
-        } => run_train(
-            &recipe,
-            config,
-            data,
-            devices.as_deref().unwrap_or(&device),
-            out,
-            resume,
-            &precision,
-        ),
+            no_master_weights,
+        } => {
+            let mut options = RunOptions::new(&out);
+            options.resume = resume;
+            options.master_weights = !no_master_weights;
+            run_train(
+                &recipe,
+                config,
+                data,
+                devices.as_deref().unwrap_or(&device),
+                options,
+                &precision,
+            )
+        }
         Command::Detect {
             checkpoint,
             image,

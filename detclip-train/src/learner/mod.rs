@@ -16,12 +16,14 @@
 //! containers and accumulator, records); the loop around them is ours.
 
 mod checkpoint;
+mod master;
 mod optim;
 mod parallel;
 mod precision;
 mod schedule;
 
 pub use checkpoint::{Checkpoint, Header, write_atomic};
+pub use master::{convert_grads, copy_params};
 pub use optim::{GroupMultipliers, GroupedAdamW, OptimConfig, ParamLayout, StepInfo};
 pub use parallel::{StepGrads, step_grads};
 pub use precision::{LossScaler, ScaleChange};
@@ -34,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
@@ -142,10 +145,14 @@ pub struct RunOptions {
     /// Dynamic loss scaling (half precision runs); `None`: off. On resume the checkpoint's
     /// scaler state replaces it.
     pub loss_scaling: Option<LossScaler>,
+    /// In half precision (`detclip train --precision f16|bf16`), keep f32 master weights and
+    /// f32 optimiser moments ([`train_mixed`]); `false` keeps everything in the half type.
+    /// f32 runs ignore it.
+    pub master_weights: bool,
 }
 
 impl RunOptions {
-    /// Defaults: no resume, a progress bar, evaluation on.
+    /// Defaults: no resume, a progress bar, evaluation on, master weights in half precision.
     pub fn new(out: impl Into<PathBuf>) -> Self {
         Self {
             out: out.into(),
@@ -154,6 +161,7 @@ impl RunOptions {
             stop_at: None,
             evaluate: true,
             loss_scaling: None,
+            master_weights: true,
         }
     }
 }
@@ -400,6 +408,259 @@ pub fn train_on_devices<R: Recipe, B: DetclipAutodiffBackend>(
 where
     R::Model<B>: AutodiffModule<B, InnerModule = R::Model<B::InnerBackend>>,
 {
+    run::<R, B, Plain<R, B>>(recipe, devices, &(), options)
+}
+
+/// Trains `recipe` like [`train_on_devices`], with master weights: the model computes on `B`
+/// (e.g. `Autodiff<Cuda<f16>>`) while the optimiser keeps its own copy of the parameters and
+/// its moments on `M`, device `master` (`detclip train --precision f16` uses the CPU backend in
+/// f32, as ZeRO-Offload does); see [`copy_params`](self::copy_params). [`Recipe::prepare`]
+/// runs on the compute model. Checkpoints hold the master copy, so they read like any f32
+/// run's; evaluation runs on the compute copy, on the compute device.
+pub fn train_mixed<R: Recipe, B: DetclipAutodiffBackend, M: DetclipAutodiffBackend>(
+    recipe: &R,
+    devices: &[B::Device],
+    master: &M::Device,
+    options: &RunOptions,
+) -> Result<RunSummary>
+where
+    R::Model<B>: AutodiffModule<B, InnerModule = R::Model<B::InnerBackend>>,
+    R::Model<M>: AutodiffModule<M, InnerModule = R::Model<M::InnerBackend>>,
+{
+    run::<R, B, Mastered<R, B, M>>(recipe, devices, master, options)
+}
+
+/// The weights a run trains: the model the passes run on and the optimiser that updates it.
+trait Weights<R: Recipe, B: DetclipAutodiffBackend>: Sized {
+    /// Where the optimiser's copy lives, besides the compute device.
+    type Place;
+    /// A fresh run's weights ([`start_model`]), or a resumed run's from its checkpoint.
+    fn start(
+        recipe: &R,
+        device: &B::Device,
+        place: &Self::Place,
+        resume: Option<(&Checkpoint, &Path)>,
+    ) -> Result<Self>;
+    /// The model the forward and backward passes run on.
+    fn compute(&self) -> &R::Model<B>;
+    /// Unscales `grads` (the compute model's) when `scaler` is set and, when they are finite,
+    /// applies them at schedule factor `factor`; also says whether they were finite.
+    fn step(
+        self,
+        grads: GradientsParams,
+        factor: f64,
+        scaler: Option<&LossScaler>,
+    ) -> Result<(Self, StepInfo, bool)>;
+    /// The learning rate of `group` at schedule factor `factor`.
+    fn lr(&self, group: ParamGroup, factor: f64) -> f64;
+    /// The model record and the optimiser state, as a checkpoint stores them.
+    fn to_bytes(&self) -> Result<(Vec<u8>, Vec<u8>)>;
+    /// COCO AP of the weights on an evaluation set.
+    fn evaluate(
+        &self,
+        recipe: &R,
+        set: &EvalSet,
+        batch_size: usize,
+        device: &B::Device,
+    ) -> Result<EvalReport>;
+}
+
+/// One copy: the optimiser updates the compute model itself.
+struct Plain<R: Recipe, B: DetclipAutodiffBackend>
+where
+    R::Model<B>: AutodiffModule<B>,
+{
+    model: R::Model<B>,
+    optim: GroupedAdamW<B, R::Model<B>>,
+}
+
+impl<R: Recipe, B: DetclipAutodiffBackend> Weights<R, B> for Plain<R, B>
+where
+    R::Model<B>: AutodiffModule<B, InnerModule = R::Model<B::InnerBackend>>,
+{
+    type Place = ();
+
+    fn start(
+        recipe: &R,
+        device: &B::Device,
+        _: &(),
+        resume: Option<(&Checkpoint, &Path)>,
+    ) -> Result<Self> {
+        let model = init_model::<R, B>(recipe, device)?;
+        let model = match resume {
+            Some((ckpt, file)) => load_model_bytes(model, &ckpt.model, device, file)?,
+            None => start_model(recipe, model, device)?,
+        };
+        let optim = optimizer::<R, B>(recipe, &model, device, resume)?;
+        Ok(Self { model, optim })
+    }
+
+    fn compute(&self) -> &R::Model<B> {
+        &self.model
+    }
+
+    fn step(
+        mut self,
+        grads: GradientsParams,
+        factor: f64,
+        scaler: Option<&LossScaler>,
+    ) -> Result<(Self, StepInfo, bool)> {
+        let (grads, finite) = match scaler {
+            Some(s) => s.unscale::<B, _>(&self.model, grads),
+            None => (grads, true),
+        };
+        let mut info = StepInfo { grad_norm: None };
+        if finite {
+            (self.model, info) = self.optim.step(self.model, grads, factor);
+        }
+        Ok((self, info, finite))
+    }
+
+    fn lr(&self, group: ParamGroup, factor: f64) -> f64 {
+        self.optim.lr(group, factor)
+    }
+
+    fn to_bytes(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+        Ok((model_bytes::<B, _>(&self.model)?, self.optim.to_bytes()?))
+    }
+
+    fn evaluate(
+        &self,
+        recipe: &R,
+        set: &EvalSet,
+        batch_size: usize,
+        device: &B::Device,
+    ) -> Result<EvalReport> {
+        evaluate_model(recipe, &self.model.valid(), set, batch_size, device)
+    }
+}
+
+/// Master weights: the compute model on `B`, the parameters the optimiser updates (and its
+/// moments) on `M`.
+struct Mastered<R: Recipe, B: DetclipAutodiffBackend, M: DetclipAutodiffBackend>
+where
+    R::Model<M>: AutodiffModule<M>,
+{
+    compute: R::Model<B>,
+    master: R::Model<M>,
+    optim: GroupedAdamW<M, R::Model<M>>,
+    device: B::Device,
+    master_device: M::Device,
+}
+
+impl<R: Recipe, B: DetclipAutodiffBackend, M: DetclipAutodiffBackend> Weights<R, B>
+    for Mastered<R, B, M>
+where
+    R::Model<B>: AutodiffModule<B, InnerModule = R::Model<B::InnerBackend>>,
+    R::Model<M>: AutodiffModule<M, InnerModule = R::Model<M::InnerBackend>>,
+{
+    type Place = M::Device;
+
+    fn start(
+        recipe: &R,
+        device: &B::Device,
+        master_device: &M::Device,
+        resume: Option<(&Checkpoint, &Path)>,
+    ) -> Result<Self> {
+        // The compute model is built like a one-copy run's, so that `B`'s generator (dropout,
+        // sampling in the loss) is seeded and advanced as it would be.
+        let compute = init_model::<R, B>(recipe, device)?;
+        let (compute, master) = match resume {
+            Some((ckpt, file)) => {
+                let master = recipe.build::<M>(master_device)?;
+                let master = load_model_bytes(master, &ckpt.model, master_device, file)?;
+                // Loaded tensors take the device's default float type: make them `M`'s.
+                let master = copy_params::<M, M, _, _>(&master, master.clone(), master_device)?;
+                let compute = copy_params::<M, B, _, _>(&master, compute, device)?;
+                (compute, master)
+            }
+            None => {
+                let compute = start_model(recipe, compute, device)?;
+                let master = recipe.build::<M>(master_device)?;
+                let master = copy_params::<B, M, _, _>(&compute, master, master_device)?;
+                (compute, master)
+            }
+        };
+        let optim = optimizer::<R, M>(recipe, &master, master_device, resume)?;
+        Ok(Self {
+            compute,
+            master,
+            optim,
+            device: device.clone(),
+            master_device: master_device.clone(),
+        })
+    }
+
+    fn compute(&self) -> &R::Model<B> {
+        &self.compute
+    }
+
+    fn step(
+        mut self,
+        grads: GradientsParams,
+        factor: f64,
+        scaler: Option<&LossScaler>,
+    ) -> Result<(Self, StepInfo, bool)> {
+        let grads = convert_grads::<B, M, _>(&self.compute, grads, &self.master_device);
+        let (grads, finite) = match scaler {
+            Some(s) => s.unscale::<M, _>(&self.master, grads),
+            None => (grads, true),
+        };
+        let mut info = StepInfo { grad_norm: None };
+        if finite {
+            (self.master, info) = self.optim.step(self.master, grads, factor);
+            self.compute = copy_params::<M, B, _, _>(&self.master, self.compute, &self.device)?;
+        }
+        Ok((self, info, finite))
+    }
+
+    fn lr(&self, group: ParamGroup, factor: f64) -> f64 {
+        self.optim.lr(group, factor)
+    }
+
+    fn to_bytes(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+        Ok((model_bytes::<M, _>(&self.master)?, self.optim.to_bytes()?))
+    }
+
+    fn evaluate(
+        &self,
+        recipe: &R,
+        set: &EvalSet,
+        batch_size: usize,
+        device: &B::Device,
+    ) -> Result<EvalReport> {
+        // On the compute device: the masters may sit on the CPU.
+        evaluate_model(recipe, &self.compute.valid(), set, batch_size, device)
+    }
+}
+
+/// The optimiser of `model`: fresh, or with the state of the checkpoint `resume`.
+fn optimizer<R: Recipe, B: DetclipAutodiffBackend>(
+    recipe: &R,
+    model: &R::Model<B>,
+    device: &B::Device,
+    resume: Option<(&Checkpoint, &Path)>,
+) -> Result<GroupedAdamW<B, R::Model<B>>>
+where
+    R::Model<B>: AutodiffModule<B, InnerModule = R::Model<B::InnerBackend>>,
+{
+    let optim =
+        GroupedAdamW::<B, R::Model<B>>::new(recipe.learner().optim.clone(), model, R::param_group);
+    match resume {
+        Some((ckpt, _)) => optim.load_bytes(&ckpt.optim, device),
+        None => Ok(optim),
+    }
+}
+
+fn run<R: Recipe, B: DetclipAutodiffBackend, W: Weights<R, B>>(
+    recipe: &R,
+    devices: &[B::Device],
+    place: &W::Place,
+    options: &RunOptions,
+) -> Result<RunSummary>
+where
+    R::Model<B>: AutodiffModule<B, InnerModule = R::Model<B::InnerBackend>>,
+{
     let device = devices.first().ok_or_else(|| DetError::InvalidOption {
         op: "train",
         why: "no device to train on".into(),
@@ -434,18 +695,18 @@ where
     };
     let mut sampler = JointSampler::new(sources, cfg.seed, recipe.data().size_divisor);
 
-    let mut model = init_model::<R, B>(recipe, device)?;
+    let mut weights = W::start(
+        recipe,
+        device,
+        place,
+        resume_from
+            .as_ref()
+            .map(|c| (c, files.checkpoint.as_path())),
+    )?;
     let mut start = 0;
     if let Some(ckpt) = &resume_from {
-        model = load_model_bytes(model, &ckpt.model, device, &files.checkpoint)?;
         sampler.restore(ckpt.header.sampler.clone())?;
         start = ckpt.header.step;
-    } else {
-        model = start_model(recipe, model, device)?;
-    }
-    let mut optim = GroupedAdamW::<B, R::Model<B>>::new(cfg.optim.clone(), &model, R::param_group);
-    if let Some(ckpt) = &resume_from {
-        optim = optim.load_bytes(&ckpt.optim, device)?;
         truncate_log(&files.log, start)?;
     } else {
         fs::create_dir_all(&options.out).map_err(|e| io_err(&options.out, e))?;
@@ -477,23 +738,16 @@ where
         let loss_scale = scaler.as_ref().map(|s| s.scale());
         let micro = step_grads(
             recipe,
-            &model,
+            weights.compute(),
             &mut sampler,
             devices,
             cfg.accumulate,
             loss_scale.unwrap_or(1.0),
         )?;
-        let (grads, finite) = match &scaler {
-            Some(s) => s.unscale::<B, _>(&model, micro.grads),
-            None => (micro.grads, true),
-        };
         // A step with infinite or NaN gradients (checked when the loss is scaled) leaves the
         // model and the optimiser as they were.
-        let mut info = StepInfo { grad_norm: None };
-        if finite {
-            let (next, i) = optim.step(model, grads, factor);
-            (model, info) = (next, i);
-        }
+        let (next, info, finite) = weights.step(micro.grads, factor, scaler.as_ref())?;
+        weights = next;
         if let Some(s) = &mut scaler {
             s.update(finite);
         }
@@ -503,7 +757,7 @@ where
             sources,
             lr: ParamGroup::ALL
                 .iter()
-                .map(|&g| (g.name().to_string(), optim.lr(g, factor)))
+                .map(|&g| (g.name().to_string(), weights.lr(g, factor)))
                 .collect(),
             loss: loss_sum / micro.micro_batches as f64,
             terms: term_sums
@@ -525,6 +779,7 @@ where
         let last = done == cfg.steps;
         if last || (cfg.checkpoint_every > 0 && done.is_multiple_of(cfg.checkpoint_every)) {
             log_file.flush().map_err(|e| io_err(&files.log, e))?;
+            let (model, optim) = weights.to_bytes()?;
             Checkpoint {
                 header: Header {
                     recipe: R::NAME.to_string(),
@@ -535,8 +790,8 @@ where
                     optim_len: 0,
                     loss_scaler: scaler.clone(),
                 },
-                model: model_bytes::<B, _>(&model)?,
-                optim: optim.to_bytes()?,
+                model,
+                optim,
             }
             .write(&files.checkpoint)?;
         }
@@ -545,7 +800,7 @@ where
             && (periodic || last)
         {
             bar.set_message("evaluating");
-            let report = evaluate_model(recipe, &model.valid(), set, cfg.eval_batch_size, device)?;
+            let report = weights.evaluate(recipe, set, cfg.eval_batch_size, device)?;
             let line = serde_json::json!({ "step": step, "eval": report });
             writeln!(log_file, "{line}").map_err(|e| io_err(&files.log, e))?;
             summary.eval = Some(report);

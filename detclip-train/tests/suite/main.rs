@@ -18,6 +18,7 @@ mod glip;
 mod import_official;
 mod learner;
 mod mask;
+mod master_weights;
 mod parallel;
 mod regionspot;
 mod sampler;
