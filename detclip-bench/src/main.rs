@@ -9,6 +9,7 @@
 //! cargo run -p detclip-bench --release -- vild [--device …] [--detector r50|tiny] [--proposals 32]
 //! cargo run -p detclip-bench --release -- detclipv2 [--device …] [--model small|swin-t] [--vocab 80,1203,13204]
 //! cargo run -p detclip-bench --release -- glip [--device …] [--lvis-chunks N] [--no-train]
+//! cargo run -p detclip-bench --release -- precision [--device …] [--precision f32|f16|bf16] [--recipe shapes|glip]
 //! ```
 //! `ops` times NMS and RoIAlign against torchvision on the same inputs (written to a
 //! safetensors file that `reference/torchvision_ops.py` reads), checks that both agree, and
@@ -20,7 +21,8 @@
 //! training step time; `detclipv2` DetCLIPv2's latency against the vocabulary size (cache
 //! built once) and the memory of max vs soft-max region aggregation (no reference: its code
 //! was not released); `glip` GLIP-T's inference (80 classes; 1203 LVIS classes in chunks) and
-//! a training step.
+//! a training step; `precision` the step time with f32 master weights on the CPU against one
+//! copy of the weights.
 
 mod common;
 mod dcn;
@@ -28,6 +30,7 @@ mod detclipv2;
 mod glip;
 mod models;
 mod ops;
+mod precision;
 mod regionspot;
 mod vild;
 
@@ -61,6 +64,8 @@ enum Command {
     Detclipv2(detclipv2::DetClipV2Args),
     /// GLIP-T: inference latency (80 classes, LVIS chunked) and a training step.
     Glip(glip::GlipArgs),
+    /// Master weights: training step time with one copy and with f32 masters on the CPU.
+    Precision(precision::PrecisionArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +77,7 @@ fn main() -> ExitCode {
         Command::Vild(args) => vild::run(args),
         Command::Detclipv2(args) => detclipv2::run(args),
         Command::Glip(args) => glip::run(args),
+        Command::Precision(args) => precision::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,6 +25,28 @@ use burn::tensor::ops::FloatElem;
 use burn::tensor::{DType, Element, TensorData};
 use detclip_core::{DetError, Result};
 
+/// Which float tensors of a module take part in a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Every one.
+    All,
+    /// Those that train (`require_grad`): what the optimiser changes.
+    Trained,
+    /// The others: frozen parameters and running statistics (`RunningState`), which the
+    /// forward pass may change and the optimiser never does.
+    Rest,
+}
+
+impl Part {
+    fn takes(self, require_grad: bool) -> bool {
+        match self {
+            Part::All => true,
+            Part::Trained => require_grad,
+            Part::Rest => !require_grad,
+        }
+    }
+}
+
 /// One parameter as it crosses between backends.
 struct Crossing {
     id: ParamId,
@@ -32,20 +54,27 @@ struct Crossing {
     require_grad: bool,
 }
 
-struct Gather(Vec<Crossing>);
+struct Gather {
+    part: Part,
+    out: Vec<Crossing>,
+}
 
 impl<B: Backend> ModuleVisitor<B> for Gather {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let tensor = param.val();
-        self.0.push(Crossing {
-            id: param.id,
-            require_grad: tensor.is_require_grad(),
-            data: tensor.into_data(),
-        });
+        let require_grad = tensor.is_require_grad();
+        if self.part.takes(require_grad) {
+            self.out.push(Crossing {
+                id: param.id,
+                require_grad,
+                data: tensor.into_data(),
+            });
+        }
     }
 }
 
 struct Scatter<'a, B: Backend> {
+    part: Part,
     from: std::vec::IntoIter<Crossing>,
     device: &'a B::Device,
     error: Option<String>,
@@ -54,6 +83,9 @@ struct Scatter<'a, B: Backend> {
 
 impl<B: Backend> ModuleMapper<B> for Scatter<'_, B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if self.part != Part::All && !self.part.takes(param.val().is_require_grad()) {
+            return param;
+        }
         let index = self.index;
         self.index += 1;
         let Some(c) = self.from.next() else {
@@ -72,26 +104,35 @@ impl<B: Backend> ModuleMapper<B> for Scatter<'_, B> {
             });
             return param;
         }
+        if self.part == Part::Rest {
+            // Only what the forward pass changed: a tensor whose value, narrowed, is still the
+            // source's keeps its own (wider) value.
+            let own = param.val().into_data();
+            if own.convert_dtype(c.data.dtype) == c.data {
+                return param;
+            }
+        }
         let tensor = Tensor::<B, D>::from_data(c.data, (self.device, float_dtype::<B>()))
             .set_require_grad(c.require_grad);
         Param::initialized(c.id, tensor)
     }
 }
 
-/// Copies the float parameters of `from` (backend `S`) into `to` (backend `T`, on `device`),
-/// converting each to `T`'s float type; `to` takes `from`'s parameter ids and their
-/// `require_grad` flags. The two must have the same parameters in the same order (models of
-/// one config); anything else is an error and `to` is not returned.
-pub fn copy_params<S: Backend, T: Backend, MS: Module<S>, MT: Module<T>>(
+fn copy_part<S: Backend, T: Backend, MS: Module<S>, MT: Module<T>>(
+    part: Part,
     from: &MS,
     to: MT,
     device: &T::Device,
 ) -> Result<MT> {
-    let mut gather = Gather(Vec::new());
+    let mut gather = Gather {
+        part,
+        out: Vec::new(),
+    };
     from.visit(&mut gather);
-    let count = gather.0.len();
+    let count = gather.out.len();
     let mut scatter = Scatter::<T> {
-        from: gather.0.into_iter(),
+        part,
+        from: gather.out.into_iter(),
         device,
         error: None,
         index: 0,
@@ -106,6 +147,44 @@ pub fn copy_params<S: Backend, T: Backend, MS: Module<S>, MT: Module<T>>(
         ))),
         Some(why) => Err(mismatch(why)),
     }
+}
+
+/// Copies the float parameters of `from` (backend `S`) into `to` (backend `T`, on `device`),
+/// converting each to `T`'s float type; `to` takes `from`'s parameter ids and their
+/// `require_grad` flags. The two must have the same parameters in the same order (models of
+/// one config); anything else is an error and `to` is not returned.
+pub fn copy_params<S: Backend, T: Backend, MS: Module<S>, MT: Module<T>>(
+    from: &MS,
+    to: MT,
+    device: &T::Device,
+) -> Result<MT> {
+    copy_part(Part::All, from, to, device)
+}
+
+/// [`copy_params`] for the parameters that train (`require_grad`) only: what an optimiser
+/// step changes. Frozen parameters and running statistics of `to` stay as they are, so they
+/// are neither copied every step nor overwritten.
+pub fn copy_trained<S: Backend, T: Backend, MS: Module<S>, MT: Module<T>>(
+    from: &MS,
+    to: MT,
+    device: &T::Device,
+) -> Result<MT> {
+    copy_part(Part::Trained, from, to, device)
+}
+
+/// The way back for what does not train: each tensor of `from` (the compute model) that
+/// does not train and differs from `to`'s (the master copy's) value narrowed to `from`'s
+/// type — running statistics the forward pass updated — is copied into `to`; frozen
+/// parameters, unchanged, keep `to`'s wider values.
+pub fn copy_state<S: AutodiffBackend, T: Backend, MS: AutodiffModule<S>, MT: Module<T>>(
+    from: &MS,
+    to: MT,
+    device: &T::Device,
+) -> Result<MT> {
+    // Running statistics hold their updates per thread until synchronised; `valid` does
+    // that (visiting does not).
+    let _ = from.valid();
+    copy_part(Part::Rest, from, to, device)
 }
 
 /// The float type of backend `B`'s element. Tensors are created in it explicitly: a device's

@@ -23,7 +23,7 @@ mod precision;
 mod schedule;
 
 pub use checkpoint::{Checkpoint, Header, write_atomic};
-pub use master::{convert_grads, copy_params};
+pub use master::{convert_grads, copy_params, copy_state, copy_trained};
 pub use optim::{GroupMultipliers, GroupedAdamW, OptimConfig, ParamLayout, StepInfo};
 pub use parallel::{StepGrads, step_grads};
 pub use precision::{LossScaler, ScaleChange};
@@ -609,7 +609,7 @@ where
         let mut info = StepInfo { grad_norm: None };
         if finite {
             (self.master, info) = self.optim.step(self.master, grads, factor);
-            self.compute = copy_params::<M, B, _, _>(&self.master, self.compute, &self.device)?;
+            self.compute = copy_trained::<M, B, _, _>(&self.master, self.compute, &self.device)?;
         }
         Ok((self, info, finite))
     }
@@ -619,7 +619,10 @@ where
     }
 
     fn to_bytes(&self) -> Result<(Vec<u8>, Vec<u8>)> {
-        Ok((model_bytes::<M, _>(&self.master)?, self.optim.to_bytes()?))
+        // Running statistics change in the compute model's forward passes, not in the masters.
+        let master =
+            copy_state::<B, M, _, _>(&self.compute, self.master.clone(), &self.master_device)?;
+        Ok((model_bytes::<M, _>(&master)?, self.optim.to_bytes()?))
     }
 
     fn evaluate(

@@ -10,8 +10,8 @@
 use burn::backend::{Autodiff, NdArray};
 use burn::prelude::*;
 use detclip_train::learner::{
-    Decay, LossScaler, RunFiles, copy_params, init_model, load_trained, read_log, train,
-    train_mixed,
+    Decay, LossScaler, RunFiles, copy_params, copy_state, copy_trained, init_model, load_trained,
+    read_log, train, train_mixed,
 };
 use detclip_train::recipes::ShapesRecipe;
 
@@ -151,5 +151,86 @@ fn f64_master_weights_keep_the_updates_that_f32_weights_round_away() {
             step <= 30.0 * 4e-9 * 1.5 + f32::EPSILON * initial[i].abs(),
             "{step}"
         );
+    }
+}
+
+/// A layer that trains, a frozen one and a batch norm (running statistics that the forward
+/// pass updates).
+#[derive(burn::module::Module, Debug)]
+struct Net<B: Backend> {
+    trained: burn::nn::Linear<B>,
+    frozen: burn::nn::Linear<B>,
+    norm: burn::nn::BatchNorm<B>,
+}
+
+impl<B: Backend> Net<B> {
+    fn new(device: &B::Device) -> Self {
+        use burn::module::Module;
+        Self {
+            trained: burn::nn::LinearConfig::new(3, 4).init(device),
+            frozen: burn::nn::LinearConfig::new(4, 4).init(device).no_grad(),
+            norm: burn::nn::BatchNormConfig::new(4).init(device),
+        }
+    }
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let h = self.frozen.forward(self.trained.forward(x));
+        let [n, c] = h.dims();
+        self.norm.forward(h.reshape([n, c, 1])).reshape([n, c])
+    }
+}
+
+backend_test! {
+    fn master_steps_copy_only_trained_weights_and_checkpoints_take_running_statistics<B>(device) {
+        let compute = Net::<B>::new(device);
+        let master = copy_params::<B, B, _, _>(&compute, Net::<B>::new(device), device).unwrap();
+        let before = floats(&master);
+        let initial_stats = {
+            let v = master.norm.running_mean.value_sync().into_data().convert::<f32>();
+            v.to_vec::<f32>().unwrap()
+        };
+        // A forward pass in training mode moves the compute copy's running statistics.
+        let x = Tensor::<B, 2>::from_floats([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]], device);
+        let _ = compute.forward(x.clone());
+        let stats = |n: &Net<B>| {
+            let v = n.norm.running_mean.value_sync().into_data().convert::<f32>();
+            v.to_vec::<f32>().unwrap()
+        };
+        assert_ne!(stats(&compute), stats(&master));
+        // A second update stays pending (per thread) until something synchronises it.
+        let _ = compute.forward(x * 2.0);
+        // "An optimiser step" on the masters: every trained float shifted.
+        let stepped = master.map(&mut Shift(0.5));
+        // Only what trains comes back to the compute copy.
+        let compute = copy_trained::<B, B, _, _>(&stepped, compute, device).unwrap();
+        assert_eq!(floats(&compute.trained), floats(&stepped.trained));
+        // For the checkpoint the running statistics go to the masters (with the pending
+        // second update); frozen weights, unchanged in the compute copy, keep the masters'
+        // own.
+        let saved = copy_state::<B, B, _, _>(&compute, stepped.clone(), device).unwrap();
+        assert_eq!(stats(&saved), stats(&compute));
+        assert_ne!(stats(&saved), initial_stats, "the statistics arrived");
+        assert_eq!(floats(&saved.frozen), floats(&stepped.frozen));
+        assert_eq!(floats(&saved.trained), floats(&stepped.trained));
+        assert_ne!(floats(&saved), before);
+    }
+}
+
+/// Adds a constant to every float tensor that trains.
+struct Shift(f32);
+
+impl<B: Backend> burn::module::ModuleMapper<B> for Shift {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<B, D>>,
+    ) -> burn::module::Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let rg = tensor.is_require_grad();
+        if !rg {
+            return burn::module::Param::from_mapped_value(id, tensor, mapper);
+        }
+        let device = tensor.device();
+        let data = tensor.detach().add_scalar(self.0).into_data();
+        let t = Tensor::<B, D>::from_data(data, &device);
+        burn::module::Param::from_mapped_value(id, t.set_require_grad(rg), mapper)
     }
 }
