@@ -455,14 +455,6 @@ trait Weights<R: Recipe, B: DetclipAutodiffBackend>: Sized {
     fn lr(&self, group: ParamGroup, factor: f64) -> f64;
     /// The model record and the optimiser state, as a checkpoint stores them.
     fn to_bytes(&self) -> Result<(Vec<u8>, Vec<u8>)>;
-    /// COCO AP of the weights on an evaluation set.
-    fn evaluate(
-        &self,
-        recipe: &R,
-        set: &EvalSet,
-        batch_size: usize,
-        device: &B::Device,
-    ) -> Result<EvalReport>;
 }
 
 /// One copy: the optimiser updates the compute model itself.
@@ -522,16 +514,6 @@ where
 
     fn to_bytes(&self) -> Result<(Vec<u8>, Vec<u8>)> {
         Ok((model_bytes::<B, _>(&self.model)?, self.optim.to_bytes()?))
-    }
-
-    fn evaluate(
-        &self,
-        recipe: &R,
-        set: &EvalSet,
-        batch_size: usize,
-        device: &B::Device,
-    ) -> Result<EvalReport> {
-        evaluate_model(recipe, &self.model.valid(), set, batch_size, device)
     }
 }
 
@@ -623,17 +605,6 @@ where
         let master =
             copy_state::<B, M, _, _>(&self.compute, self.master.clone(), &self.master_device)?;
         Ok((model_bytes::<M, _>(&master)?, self.optim.to_bytes()?))
-    }
-
-    fn evaluate(
-        &self,
-        recipe: &R,
-        set: &EvalSet,
-        batch_size: usize,
-        device: &B::Device,
-    ) -> Result<EvalReport> {
-        // On the compute device: the masters may sit on the CPU.
-        evaluate_model(recipe, &self.compute.valid(), set, batch_size, device)
     }
 }
 
@@ -803,7 +774,9 @@ where
             && (periodic || last)
         {
             bar.set_message("evaluating");
-            let report = weights.evaluate(recipe, set, cfg.eval_batch_size, device)?;
+            // The compute copy, on the compute device (the masters may sit on the CPU).
+            let model = weights.compute().valid();
+            let report = evaluate_model(recipe, &model, set, cfg.eval_batch_size, device)?;
             let line = serde_json::json!({ "step": step, "eval": report });
             writeln!(log_file, "{line}").map_err(|e| io_err(&files.log, e))?;
             summary.eval = Some(report);
