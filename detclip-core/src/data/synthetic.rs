@@ -276,6 +276,29 @@ pub struct Object {
     pub texture: Texture,
     /// The tight box of its pixels, xyxy.
     pub bbox: [f32; 4],
+    /// The square it was drawn in, `[x, y, side, side]` in pixels.
+    pub square: [u32; 4],
+}
+
+impl Object {
+    /// Whether pixel `(px, py)` belongs to the object (its mask): the same test that drew it.
+    /// Objects keep 2 px apart, so an image's masks never overlap.
+    pub fn covers(&self, px: u32, py: u32) -> bool {
+        let [x0, y0, s, _] = self.square;
+        if px < x0 || py < y0 || px >= x0 + s || py >= y0 + s {
+            return false;
+        }
+        let (u, v) = square_coords(px - x0, py - y0, s);
+        self.shape.contains(u, v)
+    }
+}
+
+/// Coordinates in `-1..=1` of the centre of pixel `(dx, dy)` of a square of side `s`.
+fn square_coords(dx: u32, dy: u32, s: u32) -> (f32, f32) {
+    (
+        (dx as f32 + 0.5) / s as f32 * 2.0 - 1.0,
+        (dy as f32 + 0.5) / s as f32 * 2.0 - 1.0,
+    )
 }
 
 /// A generated image and its sample (a [`SourceKind::Grounding`] sample with the image in
@@ -425,6 +448,7 @@ impl World {
                 color,
                 texture,
                 bbox,
+                square,
             });
         }
         let sample = self.sample_of(split, index, image, &objects);
@@ -542,8 +566,7 @@ fn draw(
     let mut bounds: Option<[u32; 4]> = None;
     for py in y0..y0 + s {
         for px in x0..x0 + s {
-            let u = ((px - x0) as f32 + 0.5) / s as f32 * 2.0 - 1.0;
-            let v = ((py - y0) as f32 + 0.5) / s as f32 * 2.0 - 1.0;
+            let (u, v) = square_coords(px - x0, py - y0, s);
             if !shape.contains(u, v) {
                 continue;
             }

@@ -324,6 +324,7 @@ impl VildRecipe {
                 margin: 0.1,
                 scenes_per_step: 0,
                 sam_steps: 0,
+                sam_target: Default::default(),
             }),
             teacher_dir: None,
             held_out,

@@ -88,6 +88,52 @@ fn boxes_tightly_enclose_the_drawn_pixels() {
 }
 
 #[test]
+fn masks_are_the_drawn_pixels_and_their_bounds_are_the_boxes() {
+    let w = world(5);
+    let mut covered = 0usize;
+    for split in [Split::Train, Split::Test] {
+        for i in 0..20 {
+            let img = w.image(split, i);
+            let px = pixels(&img);
+            // Pixels no mask covers are untouched background (one grey for the whole image).
+            let bg = px
+                .enumerate_pixels()
+                .find(|&(x, y, _)| !img.objects.iter().any(|o| o.covers(x, y)))
+                .unwrap()
+                .2
+                .0;
+            for (x, y, p) in px.enumerate_pixels() {
+                let owners = img.objects.iter().filter(|o| o.covers(x, y)).count();
+                assert!(owners <= 1, "masks overlap at ({x}, {y})");
+                if owners == 0 {
+                    assert_eq!(p.0, bg, "pixel ({x}, {y}) is drawn but in no mask");
+                }
+            }
+            for o in &img.objects {
+                let (width, height) = px.dimensions();
+                let mut bounds: Option<[u32; 4]> = None;
+                for y in 0..height {
+                    for x in 0..width {
+                        if o.covers(x, y) {
+                            covered += 1;
+                            let b = bounds.get_or_insert([x, y, x, y]);
+                            *b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
+                        }
+                    }
+                }
+                let [x1, y1, x2, y2] = bounds.expect("an object covers pixels");
+                assert_eq!(
+                    [x1 as f32, y1 as f32, (x2 + 1) as f32, (y2 + 1) as f32],
+                    o.bbox,
+                    "mask bounds of {o:?}"
+                );
+            }
+        }
+    }
+    assert!(covered > 10_000);
+}
+
+#[test]
 fn held_out_concepts_never_appear_in_training() {
     let w = world(11);
     let held = w.held_out_vocabulary();

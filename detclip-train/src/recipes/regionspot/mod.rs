@@ -41,7 +41,7 @@ use detclip_models::sam::{
 use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheReport, cache_features};
-pub use teacher::{TeacherConfig, TeacherReport};
+pub use teacher::{SamTarget, TeacherConfig, TeacherReport};
 pub use text::{TextSide, words_of};
 
 use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig};
@@ -205,6 +205,7 @@ impl RegionSpotRecipe {
                 margin: 0.1,
                 scenes_per_step: 8,
                 sam_steps: 300,
+                sam_target: SamTarget::Mask,
             }),
             cache_dir: None,
             loss: RegionSpotLossSettings {
@@ -639,16 +640,21 @@ impl Recipe for RegionSpotRecipe {
             let seed = self.learner.seed;
             let (clip, report) =
                 teacher::pretrain(model.clip, &data, &self.text, template, t, seed, device)?;
-            let (sam, first, last) =
+            let (sam, sam_report) =
                 teacher::pretrain_sam(model.sam, &data.sam_scenes, t, seed, device)?;
             eprintln!(
                 "regionspot teacher: CLIP on {} crops of {} concepts, loss {:.3} → {:.3}, crop \
-                 accuracy {:.3}; SAM box masks, loss {first:.3} → {last:.3}",
+                 accuracy {:.3}; SAM on {:?} targets, loss {:.3} → {:.3}, within-image token \
+                 cosine {:.3}",
                 data.crops.len(),
                 data.crops.names.len(),
                 report.first_loss,
                 report.last_loss,
-                report.accuracy
+                report.accuracy,
+                t.sam_target,
+                sam_report.first_loss,
+                sam_report.last_loss,
+                sam_report.token_cosine
             );
             model = RegionSpot {
                 sam,

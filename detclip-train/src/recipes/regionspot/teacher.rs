@@ -53,6 +53,21 @@ pub struct TeacherConfig {
     pub scenes_per_step: usize,
     /// Steps of SAM's pre-training (0: SAM keeps its initial weights).
     pub sam_steps: usize,
+    /// What SAM's pre-training segments for each box prompt: the object's mask (the default)
+    /// or the filled box.
+    #[serde(default)]
+    pub sam_target: SamTarget,
+}
+
+/// The target of SAM's pre-training for a box prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamTarget {
+    /// The object's own pixels (the synthetic world's masks), as SAM is trained on SA-1B.
+    #[default]
+    Mask,
+    /// The whole box: SAM then only needs the prompt's position, not the image.
+    Box,
 }
 
 impl TeacherConfig {
@@ -79,6 +94,9 @@ pub struct Scenes {
     pub side: usize,
     /// Per-channel mean and standard deviation of pixels in `0..=1`.
     pub norm: ([f32; 3], [f32; 3]),
+    /// Per image: the input's scale from the original image, and the objects of `objects`
+    /// (same order) with their masks.
+    pub shapes: Vec<(f32, Vec<Object>)>,
 }
 
 impl Scenes {
@@ -192,6 +210,7 @@ pub fn teacher_data(
         objects: Vec::new(),
         side,
         norm,
+        shapes: Vec::new(),
     };
     let mut clip_scenes = scenes(clip_side, (CLIP_MEAN, CLIP_STD));
     let mut sam_scenes = scenes(sam_side, (imagenet.mean, imagenet.std));
@@ -233,15 +252,17 @@ impl Scenes {
             }
         }
         let k = self.side as f32 / long as f32;
+        let kept: Vec<(Object, usize)> = objects
+            .iter()
+            .filter_map(|o| label(o).map(|l| (*o, l)))
+            .collect();
         self.objects.push(
-            objects
-                .iter()
-                .filter_map(|o| {
-                    let b = o.bbox;
-                    label(o).map(|l| ([b[0] * k, b[1] * k, b[2] * k, b[3] * k], l))
-                })
+            kept.iter()
+                .map(|(o, l)| (o.bbox.map(|v| v * k), *l))
                 .collect(),
         );
+        self.shapes
+            .push((k, kept.into_iter().map(|(o, _)| o).collect()));
     }
 }
 
@@ -476,11 +497,10 @@ fn accuracy<B: AutodiffBackend>(
     Ok(right as f64 / crops.len() as f64)
 }
 
-/// Pre-trains SAM to segment boxes (the synthetic world keeps no object masks, so the target
-/// is the box itself, at the mask decoder's resolution): with box prompts, the mask decoder's
-/// output for each box is pulled towards that box's mask (binary cross-entropy plus dice), so
-/// that the position-aware tokens RegionSpot reads differ from box to box as a trained SAM's
-/// do. Four images per step, AdamW, seeded by `seed`; returns SAM frozen again and the mean
+/// Pre-trains SAM to segment objects from box prompts: the mask decoder's output for each box
+/// is pulled towards the object's mask at the decoder's resolution (binary cross-entropy plus
+/// dice; `SamTarget::Box` uses the filled box instead), so that the position-aware tokens
+/// RegionSpot reads differ from box to box as a trained SAM's do. Four images per step, AdamW, seeded by `seed`; returns SAM frozen again and the mean
 /// loss of the first and last tenth of the steps.
 ///
 /// # Errors
@@ -491,7 +511,7 @@ pub fn pretrain_sam<B: AutodiffBackend>(
     config: &TeacherConfig,
     seed: u64,
     device: &B::Device,
-) -> Result<(Sam<B>, f64, f64)> {
+) -> Result<(Sam<B>, SamReport)> {
     let mut sam = sam.map(&mut RequireGrad);
     let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5a3_7ea);
@@ -499,7 +519,16 @@ pub fn pretrain_sam<B: AutodiffBackend>(
         .filter(|&i| !scenes.objects[i].is_empty())
         .collect();
     if usable.is_empty() || config.sam_steps == 0 {
-        return Ok((sam.no_grad(), f64::NAN, f64::NAN));
+        let sam = sam.no_grad();
+        let token_cosine = token_cosine(&sam.valid(), scenes, device)?;
+        return Ok((
+            sam,
+            SamReport {
+                first_loss: f64::NAN,
+                last_loss: f64::NAN,
+                token_cosine,
+            },
+        ));
     }
     let per = 3 * scenes.side * scenes.side;
     let mut losses = Vec::with_capacity(config.sam_steps);
@@ -530,7 +559,13 @@ pub fn pretrain_sam<B: AutodiffBackend>(
                 false,
             )?;
             let [_, _, mh, mw] = out.masks.dims();
-            let target = box_masks::<B>(objects, scenes.side, mh, mw, device);
+            let target = match config.sam_target {
+                SamTarget::Box => box_masks::<B>(objects, scenes.side, mh, mw, device),
+                SamTarget::Mask => {
+                    let (k, shapes) = &scenes.shapes[r];
+                    object_masks::<B>(shapes, *k, scenes.side, mh, mw, device)
+                }
+            };
             let logits = out.masks.reshape([n, mh * mw]);
             let term = mask_loss(logits, target);
             total = Some(match total {
@@ -548,11 +583,73 @@ pub fn pretrain_sam<B: AutodiffBackend>(
     }
     let tenth = (losses.len() / 10).max(1);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let sam = sam.no_grad();
+    let token_cosine = token_cosine(&sam.valid(), scenes, device)?;
     Ok((
-        sam.no_grad(),
-        mean(&losses[..tenth]),
-        mean(&losses[losses.len() - tenth..]),
+        sam,
+        SamReport {
+            first_loss: mean(&losses[..tenth]),
+            last_loss: mean(&losses[losses.len() - tenth..]),
+            token_cosine,
+        },
     ))
+}
+
+/// What SAM's pre-training achieved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamReport {
+    /// Mean mask loss of the first and the last tenth of the steps (NaN without steps).
+    pub first_loss: f64,
+    /// See `first_loss`.
+    pub last_loss: f64,
+    /// Mean cosine similarity between the position-aware tokens (first mask token) of two
+    /// boxes of the same image, over the pairs of up to 32 images with several objects: near 1,
+    /// every box of an image gets the same token and RegionSpot cannot tell them apart.
+    pub token_cosine: f64,
+}
+
+/// See [`SamReport::token_cosine`] (NaN when no image has two objects).
+fn token_cosine<B: Backend>(sam: &Sam<B>, scenes: &Scenes, device: &B::Device) -> Result<f64> {
+    let per = 3 * scenes.side * scenes.side;
+    let (mut sum, mut pairs) = (0.0f64, 0usize);
+    let images = (0..scenes.objects.len())
+        .filter(|&i| scenes.objects[i].len() >= 2)
+        .take(32);
+    for r in images {
+        let objects = &scenes.objects[r];
+        let n = objects.len();
+        let image = Tensor::<B, 4>::from_data(
+            TensorData::new(
+                scenes.pixels[r * per..][..per].to_vec(),
+                [1, 3, scenes.side, scenes.side],
+            ),
+            device,
+        );
+        let flat: Vec<f32> = objects.iter().flat_map(|(bbox, _)| *bbox).collect();
+        let boxes = Tensor::<B, 2>::from_data(TensorData::new(flat, [n, 4]), device);
+        let out = sam.decode(sam.embed_images(image)?, None, Some(boxes), None, false)?;
+        let tokens = l2_normalize(out.mask_tokens().narrow(1, 0, 1).squeeze_dim::<2>(1));
+        let cos: Vec<f32> = tokens
+            .clone()
+            .matmul(tokens.transpose())
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
+        for i in 0..n {
+            for j in i + 1..n {
+                if let Some(c) = cos.get(i * n + j) {
+                    sum += f64::from(*c);
+                    pairs += 1;
+                }
+            }
+        }
+    }
+    Ok(if pairs == 0 {
+        f64::NAN
+    } else {
+        sum / pairs as f64
+    })
 }
 
 /// Filled boxes `[n, mh·mw]` at the mask decoder's resolution (`side` input pixels map to
@@ -572,6 +669,31 @@ fn box_masks<B: Backend>(
                 let (cx, cy) = ((x as f32 + 0.5) * sx, (y as f32 + 0.5) * sy);
                 let inside = cx >= b[0] && cx <= b[2] && cy >= b[1] && cy <= b[3];
                 data.push(if inside { 1.0f32 } else { 0.0 });
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [objects.len(), mh * mw]), device)
+}
+
+/// The objects' masks `[n, mh·mw]` at the mask decoder's resolution: a cell is inside when
+/// the original-image pixel under its centre belongs to the object (`side` input pixels map
+/// to `mh × mw` cells; the input is the original scaled by `k`).
+fn object_masks<B: Backend>(
+    objects: &[Object],
+    k: f32,
+    side: usize,
+    mh: usize,
+    mw: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let (sy, sx) = (side as f32 / mh as f32, side as f32 / mw as f32);
+    let mut data = Vec::with_capacity(objects.len() * mh * mw);
+    for o in objects {
+        for y in 0..mh {
+            for x in 0..mw {
+                let px = ((x as f32 + 0.5) * sx / k) as u32;
+                let py = ((y as f32 + 0.5) * sy / k) as u32;
+                data.push(if o.covers(px, py) { 1.0f32 } else { 0.0 });
             }
         }
     }
