@@ -325,6 +325,7 @@ impl VildRecipe {
                 scenes_per_step: 0,
                 sam_steps: 0,
                 sam_target: Default::default(),
+                sam_token_box_weight: 0.0,
             }),
             teacher_dir: None,
             held_out,

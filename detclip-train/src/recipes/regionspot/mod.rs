@@ -206,6 +206,7 @@ impl RegionSpotRecipe {
                 scenes_per_step: 8,
                 sam_steps: 300,
                 sam_target: SamTarget::Mask,
+                sam_token_box_weight: 1.0,
             }),
             cache_dir: None,
             loss: RegionSpotLossSettings {

@@ -12,6 +12,7 @@
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -57,6 +58,11 @@ pub struct TeacherConfig {
     /// or the filled box.
     #[serde(default)]
     pub sam_target: SamTarget,
+    /// Weight of a position term in SAM's pre-training (0: none): a linear probe, dropped
+    /// afterwards, regresses each box (centre and size, as fractions of the input) from the
+    /// box's position-aware token, so the token itself must carry where the object is.
+    #[serde(default)]
+    pub sam_token_box_weight: f32,
 }
 
 /// The target of SAM's pre-training for a box prompt.
@@ -512,14 +518,17 @@ pub fn pretrain_sam<B: AutodiffBackend>(
     seed: u64,
     device: &B::Device,
 ) -> Result<(Sam<B>, SamReport)> {
-    let mut sam = sam.map(&mut RequireGrad);
+    let mut probed = Probed {
+        probe: LinearConfig::new(sam.mask_decoder.mask_tokens.weight.dims()[1], 4).init(device),
+        sam: sam.map(&mut RequireGrad),
+    };
     let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5a3_7ea);
     let usable: Vec<usize> = (0..scenes.objects.len())
         .filter(|&i| !scenes.objects[i].is_empty())
         .collect();
     if usable.is_empty() || config.sam_steps == 0 {
-        let sam = sam.no_grad();
+        let sam = probed.sam.no_grad();
         let token_cosine = token_cosine(&sam.valid(), scenes, device)?;
         return Ok((
             sam,
@@ -544,6 +553,7 @@ pub fn pretrain_sam<B: AutodiffBackend>(
             TensorData::new(data, [rows.len(), 3, scenes.side, scenes.side]),
             device,
         );
+        let sam = &probed.sam;
         let embeddings = sam.embed_images(images)?;
         let mut total: Option<Tensor<B, 1>> = None;
         for (b, &r) in rows.iter().enumerate() {
@@ -560,14 +570,35 @@ pub fn pretrain_sam<B: AutodiffBackend>(
             )?;
             let [_, _, mh, mw] = out.masks.dims();
             let target = match config.sam_target {
-                SamTarget::Box => box_masks::<B>(objects, scenes.side, mh, mw, device),
+                SamTarget::Box => box_masks::<B>(objects, scenes.side, (mh, mw), device),
                 SamTarget::Mask => {
                     let (k, shapes) = &scenes.shapes[r];
-                    object_masks::<B>(shapes, *k, scenes.side, mh, mw, device)
+                    object_masks::<B>(shapes, *k, scenes.side, (mh, mw), device)
                 }
             };
+            let token = out.mask_tokens().narrow(1, 0, 1).reshape([n, 0]);
             let logits = out.masks.reshape([n, mh * mw]);
-            let term = mask_loss(logits, target);
+            let mut term = mask_loss(logits, target);
+            if config.sam_token_box_weight > 0.0 {
+                let side = scenes.side as f32;
+                let geometry: Vec<f32> = objects
+                    .iter()
+                    .flat_map(|(b, _)| {
+                        [
+                            (b[0] + b[2]) / 2.0 / side,
+                            (b[1] + b[3]) / 2.0 / side,
+                            (b[2] - b[0]) / side,
+                            (b[3] - b[1]) / side,
+                        ]
+                    })
+                    .collect();
+                let geometry = Tensor::<B, 2>::from_data(TensorData::new(geometry, [n, 4]), device);
+                let error = (probed.probe.forward(token) - geometry)
+                    .abs()
+                    .mean()
+                    .reshape([1]);
+                term = term + error * config.sam_token_box_weight;
+            }
             total = Some(match total {
                 Some(t) => t + term,
                 None => term,
@@ -577,13 +608,13 @@ pub fn pretrain_sam<B: AutodiffBackend>(
             continue;
         };
         losses.push(scalar(loss.clone()));
-        let grads = GradientsParams::from_grads(loss.backward(), &sam);
+        let grads = GradientsParams::from_grads(loss.backward(), &probed);
         let warm = ((step + 1) as f64 / 20.0).min(1.0);
-        sam = optim.step(config.lr * warm, sam, grads);
+        probed = optim.step(config.lr * warm, probed, grads);
     }
     let tenth = (losses.len() / 10).max(1);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let sam = sam.no_grad();
+    let sam = probed.sam.no_grad();
     let token_cosine = token_cosine(&sam.valid(), scenes, device)?;
     Ok((
         sam,
@@ -593,6 +624,13 @@ pub fn pretrain_sam<B: AutodiffBackend>(
             token_cosine,
         },
     ))
+}
+
+/// SAM with the position probe of its pre-training (`sam_token_box_weight`).
+#[derive(Module, Debug)]
+struct Probed<B: Backend> {
+    sam: Sam<B>,
+    probe: Linear<B>,
 }
 
 /// What SAM's pre-training achieved.
@@ -652,52 +690,55 @@ fn token_cosine<B: Backend>(sam: &Sam<B>, scenes: &Scenes, device: &B::Device) -
     })
 }
 
-/// Filled boxes `[n, mh·mw]` at the mask decoder's resolution (`side` input pixels map to
-/// `mh × mw` cells; a cell is inside when its centre is).
-fn box_masks<B: Backend>(
-    objects: &[([f32; 4], usize)],
+/// Masks `[n, mh·mw]` at the mask decoder's resolution (`side` input pixels map to `mh × mw`
+/// cells): cell `(x, y)` of mask `i` is 1 when `inside(i, cx, cy)` holds for the cell's centre
+/// `(cx, cy)` in input pixels.
+fn decoder_masks<B: Backend>(
+    n: usize,
     side: usize,
-    mh: usize,
-    mw: usize,
+    (mh, mw): (usize, usize),
+    inside: impl Fn(usize, f32, f32) -> bool,
     device: &B::Device,
 ) -> Tensor<B, 2> {
     let (sy, sx) = (side as f32 / mh as f32, side as f32 / mw as f32);
-    let mut data = Vec::with_capacity(objects.len() * mh * mw);
-    for (b, _) in objects {
+    let mut data = Vec::with_capacity(n * mh * mw);
+    for i in 0..n {
         for y in 0..mh {
             for x in 0..mw {
                 let (cx, cy) = ((x as f32 + 0.5) * sx, (y as f32 + 0.5) * sy);
-                let inside = cx >= b[0] && cx <= b[2] && cy >= b[1] && cy <= b[3];
-                data.push(if inside { 1.0f32 } else { 0.0 });
+                data.push(if inside(i, cx, cy) { 1.0f32 } else { 0.0 });
             }
         }
     }
-    Tensor::from_data(TensorData::new(data, [objects.len(), mh * mw]), device)
+    Tensor::from_data(TensorData::new(data, [n, mh * mw]), device)
 }
 
-/// The objects' masks `[n, mh·mw]` at the mask decoder's resolution: a cell is inside when
-/// the original-image pixel under its centre belongs to the object (`side` input pixels map
-/// to `mh × mw` cells; the input is the original scaled by `k`).
+/// Filled boxes at the mask decoder's resolution (a cell is inside when its centre is).
+fn box_masks<B: Backend>(
+    objects: &[([f32; 4], usize)],
+    side: usize,
+    size: (usize, usize),
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let inside = |i: usize, cx: f32, cy: f32| {
+        let b = objects[i].0;
+        cx >= b[0] && cx <= b[2] && cy >= b[1] && cy <= b[3]
+    };
+    decoder_masks(objects.len(), side, size, inside, device)
+}
+
+/// The objects' own masks at the mask decoder's resolution: a cell is inside when the
+/// original-image pixel under its centre belongs to the object (the input is the original
+/// scaled by `k`).
 fn object_masks<B: Backend>(
     objects: &[Object],
     k: f32,
     side: usize,
-    mh: usize,
-    mw: usize,
+    size: (usize, usize),
     device: &B::Device,
 ) -> Tensor<B, 2> {
-    let (sy, sx) = (side as f32 / mh as f32, side as f32 / mw as f32);
-    let mut data = Vec::with_capacity(objects.len() * mh * mw);
-    for o in objects {
-        for y in 0..mh {
-            for x in 0..mw {
-                let px = ((x as f32 + 0.5) * sx / k) as u32;
-                let py = ((y as f32 + 0.5) * sy / k) as u32;
-                data.push(if o.covers(px, py) { 1.0f32 } else { 0.0 });
-            }
-        }
-    }
-    Tensor::from_data(TensorData::new(data, [objects.len(), mh * mw]), device)
+    let inside = |i: usize, cx: f32, cy: f32| objects[i].covers((cx / k) as u32, (cy / k) as u32);
+    decoder_masks(objects.len(), side, size, inside, device)
 }
 
 /// Mean binary cross-entropy plus mean dice loss of mask logits `[n, P]` against `{0, 1}`
