@@ -576,7 +576,8 @@ pub fn pretrain_sam<B: AutodiffBackend>(
                     object_masks::<B>(shapes, *k, scenes.side, (mh, mw), device)
                 }
             };
-            let token = out.mask_tokens().narrow(1, 0, 1).reshape([n, 0]);
+            let token = out.mask_tokens().narrow(1, 0, 1);
+            let token = token.clone().reshape([n, token.dims()[2]]);
             let logits = out.masks.reshape([n, mh * mw]);
             let mut term = mask_loss(logits, target);
             if config.sam_token_box_weight > 0.0 {
