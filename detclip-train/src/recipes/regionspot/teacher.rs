@@ -506,8 +506,9 @@ fn accuracy<B: AutodiffBackend>(
 /// Pre-trains SAM to segment objects from box prompts: the mask decoder's output for each box
 /// is pulled towards the object's mask at the decoder's resolution (binary cross-entropy plus
 /// dice; `SamTarget::Box` uses the filled box instead), so that the position-aware tokens
-/// RegionSpot reads differ from box to box as a trained SAM's do. Four images per step, AdamW, seeded by `seed`; returns SAM frozen again and the mean
-/// loss of the first and last tenth of the steps.
+/// RegionSpot reads differ from box to box as a trained SAM's do; with
+/// `sam_token_box_weight > 0` a linear probe also regresses each box from its token. Four
+/// images per step, AdamW, seeded by `seed`; returns SAM frozen again and its [`SamReport`].
 ///
 /// # Errors
 /// Shape errors.
@@ -519,7 +520,9 @@ pub fn pretrain_sam<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<(Sam<B>, SamReport)> {
     let mut probed = Probed {
-        probe: LinearConfig::new(sam.mask_decoder.mask_tokens.weight.dims()[1], 4).init(device),
+        probe: (config.sam_token_box_weight > 0.0).then(|| {
+            LinearConfig::new(sam.mask_decoder.mask_tokens.weight.dims()[1], 4).init(device)
+        }),
         sam: sam.map(&mut RequireGrad),
     };
     let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
@@ -580,7 +583,7 @@ pub fn pretrain_sam<B: AutodiffBackend>(
             let token = token.clone().reshape([n, token.dims()[2]]);
             let logits = out.masks.reshape([n, mh * mw]);
             let mut term = mask_loss(logits, target);
-            if config.sam_token_box_weight > 0.0 {
+            if let Some(probe) = &probed.probe {
                 let side = scenes.side as f32;
                 let geometry: Vec<f32> = objects
                     .iter()
@@ -594,10 +597,7 @@ pub fn pretrain_sam<B: AutodiffBackend>(
                     })
                     .collect();
                 let geometry = Tensor::<B, 2>::from_data(TensorData::new(geometry, [n, 4]), device);
-                let error = (probed.probe.forward(token) - geometry)
-                    .abs()
-                    .mean()
-                    .reshape([1]);
+                let error = (probe.forward(token) - geometry).abs().mean().reshape([1]);
                 term = term + error * config.sam_token_box_weight;
             }
             total = Some(match total {
@@ -631,7 +631,7 @@ pub fn pretrain_sam<B: AutodiffBackend>(
 #[derive(Module, Debug)]
 struct Probed<B: Backend> {
     sam: Sam<B>,
-    probe: Linear<B>,
+    probe: Option<Linear<B>>,
 }
 
 /// What SAM's pre-training achieved.
