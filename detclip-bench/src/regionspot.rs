@@ -138,6 +138,7 @@ impl BackendTask for Ours {
                 vec![features.clip_features.clone(); 2],
                 0,
             )),
+            boxes: None,
         };
         let labels: Vec<i64> = (0..2 * n).map(|i| (i * 7 % CLASSES) as i64).collect();
         let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [2, n]), &device);

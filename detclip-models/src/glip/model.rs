@@ -68,6 +68,10 @@ pub struct GlipConfig {
     /// model (`init_values=1.0 / NUM_CONVS`).
     #[config(default = "None")]
     pub fusion_gamma: Option<f64>,
+    /// Modulated deformable convolutions in the DyHead blocks (`MODEL.DYHEAD.USE_DFCONV`, on
+    /// in every released model); `false` makes them plain 3×3 convolutions (an ablation).
+    #[config(default = true)]
+    pub deformable: bool,
 }
 
 impl GlipConfig {
@@ -139,7 +143,8 @@ impl GlipConfig {
         );
         let fused_layers = if self.fusion { self.num_layers } else { 0 };
         let dyconv = DyConvConfig::new(self.channels, self.channels)
-            .with_norm_groups(Some(self.norm_groups));
+            .with_norm_groups(Some(self.norm_groups))
+            .with_deformable(self.deformable);
         let mut fusions = Vec::with_capacity(self.num_layers);
         let mut dyconvs = Vec::with_capacity(self.num_layers);
         for i in 0..self.num_layers {

@@ -71,11 +71,14 @@ pub fn cached_frozen_features<B: Backend>(
     let device = sam_image.device();
     let src = source(image, boxes, config);
     let path = cache_path(dir, &cache_key(image, boxes, config));
-    if let Some(features) = read_frozen_features(&path, &src, &device)? {
-        return Ok(features);
-    }
     let flat: Vec<f32> = boxes.iter().flatten().copied().collect();
     let boxes = Tensor::<B, 3>::from_data(TensorData::new(flat, [1, boxes.len(), 4]), &device);
+    if let Some(features) = read_frozen_features(&path, &src, &device)? {
+        return Ok(FrozenFeatures {
+            boxes: Some(boxes),
+            ..features
+        });
+    }
     let features = model.frozen_features(sam_image, boxes, clip_pixels)?;
     write_frozen_features(&path, &src, &features)?;
     Ok(features)
@@ -183,5 +186,6 @@ pub fn read_frozen_features<B: Backend>(
         region_tokens: Tensor::from_data(region_tokens, device),
         masks: Tensor::from_data(masks, device),
         clip_features: Tensor::from_data(clip_features, device),
+        boxes: None,
     }))
 }

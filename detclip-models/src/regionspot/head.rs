@@ -31,6 +31,14 @@ pub struct RegionSpotHeadConfig {
     /// Dropout in the decoder (active only while training, on an autodiff backend).
     #[config(default = 0.1)]
     pub dropout: f64,
+    /// Whether the cross-attention keys carry SAM's positional encoding of each CLIP patch
+    /// centre (`key_pos`, not in the official module; see [`RegionSpotHead::key_pos`]).
+    #[config(default = false)]
+    pub key_positions: bool,
+    /// Whether the cross-attention queries carry SAM's positional encoding of each box's
+    /// centre (`query_pos`, not in the official module; see [`RegionSpotHead::query_pos`]).
+    #[config(default = false)]
+    pub query_positions: bool,
 }
 
 impl RegionSpotHeadConfig {
@@ -72,6 +80,12 @@ impl RegionSpotHeadConfig {
                 norm: LayerNormConfig::new(self.clip_dim).init(device),
             },
             projector: LinearConfig::new(self.clip_dim, self.text_dim).init(device),
+            key_pos: self
+                .key_positions
+                .then(|| LinearConfig::new(self.sam_dim, self.clip_dim).init(device)),
+            query_pos: self
+                .query_positions
+                .then(|| LinearConfig::new(self.sam_dim, self.clip_dim).init(device)),
         }
     }
 }
@@ -84,8 +98,9 @@ impl RegionSpotHeadConfig {
 ///
 /// The official `ln_clip` (a `LayerNorm` without parameters) is never called in the official
 /// forward and is left out; neither does the official code add positional encodings to the
-/// queries or keys (the decoder supports them, RegionSpot passes none), so neither do we: the
-/// CLIP tokens already carry CLIP's own position embeddings.
+/// queries or keys (the decoder supports them, RegionSpot passes none), so neither do we by
+/// default: the CLIP tokens already carry CLIP's own position embeddings. The optional
+/// [`Self::key_pos`] adds SAM's positions to the keys.
 #[derive(Module, Debug)]
 pub struct RegionSpotHead<B: Backend> {
     /// SAM width → CLIP vision width.
@@ -94,6 +109,16 @@ pub struct RegionSpotHead<B: Backend> {
     pub decoder: RegionDecoder<B>,
     /// CLIP vision width → joint embedding width.
     pub projector: Linear<B>,
+    /// Optional (not in the official module): SAM's positional encoding of each CLIP patch
+    /// centre (the random-Fourier encoding SAM's decoder adds to its own image tokens and box
+    /// corners), mapped to CLIP's width and added to the cross-attention keys, as DETR adds
+    /// `pos` to its memory keys. The queries come from SAM tokens, which were computed in that
+    /// encoding's terms, so a query can find its box's patches by position.
+    pub key_pos: Option<Linear<B>>,
+    /// Optional (not in the official module): SAM's positional encoding of the box's centre,
+    /// mapped to CLIP's width and added to the cross-attention queries (DETR's `query_pos`),
+    /// so that a query states where its box is even when SAM's token does not.
+    pub query_pos: Option<Linear<B>>,
 }
 
 impl<B: Backend> RegionSpotHead<B> {
@@ -102,14 +127,37 @@ impl<B: Backend> RegionSpotHead<B> {
     /// # Shapes
     /// - `region_tokens`: `[B, N, sam_dim]` (SAM's position-aware tokens, N regions per image)
     /// - `clip_features`: `[B, L, clip_dim]` (CLIP's feature map: class token and patch tokens)
+    /// - `key_positions`: `[1, L, sam_dim]`, SAM's encoding of each token's position (zero for
+    ///   the class token); read only when the module has [`Self::key_pos`]
     /// - output: `[B, N, text_dim]` (not normalised)
     ///
     /// # Errors
-    /// [`DetError::Shape`] when the widths or batch sizes disagree with the module.
+    /// [`DetError::Shape`] when the widths or batch sizes disagree with the module, or when
+    /// the module has `key_pos` and `key_positions` is missing or mis-shaped.
     pub fn forward(
         &self,
         region_tokens: Tensor<B, 3>,
         clip_features: Tensor<B, 3>,
+        key_positions: Option<Tensor<B, 3>>,
+    ) -> Result<Tensor<B, 3>, DetError> {
+        self.forward_with_positions(region_tokens, clip_features, key_positions, None)
+    }
+
+    /// [`Self::forward`] with the boxes' positions for [`Self::query_pos`].
+    ///
+    /// # Shapes
+    /// - `query_positions`: `[B, N, sam_dim]`, SAM's encoding of each box's centre; read only
+    ///   when the module has `query_pos`
+    ///
+    /// # Errors
+    /// As [`Self::forward`]; also when the module has `query_pos` and `query_positions` is
+    /// missing or mis-shaped.
+    pub fn forward_with_positions(
+        &self,
+        region_tokens: Tensor<B, 3>,
+        clip_features: Tensor<B, 3>,
+        key_positions: Option<Tensor<B, 3>>,
+        query_positions: Option<Tensor<B, 3>>,
     ) -> Result<Tensor<B, 3>, DetError> {
         let [sam_dim, clip_dim] = self.to_clip.weight.dims();
         let [b, n, d] = region_tokens.dims();
@@ -130,10 +178,43 @@ impl<B: Backend> RegionSpotHead<B> {
                 expected: format!("[{b}, L ≥ 1, {clip_dim}]"),
             });
         }
+        let pos = match (&self.key_pos, key_positions) {
+            (None, _) => None,
+            (Some(linear), Some(pe)) if pe.dims() == [1, l, sam_dim] => {
+                Some(linear.forward(pe).expand([b, l, clip_dim]))
+            }
+            (Some(_), pe) => {
+                return Err(DetError::Shape {
+                    op: "RegionSpotHead",
+                    what: "key_positions",
+                    got: pe.map(|p| p.dims().to_vec()).unwrap_or_default(),
+                    expected: format!(
+                        "[1, {l}, {sam_dim}] (the module adds positions to its keys)"
+                    ),
+                });
+            }
+        };
+        let query_pos = match (&self.query_pos, query_positions) {
+            (None, _) => None,
+            (Some(linear), Some(pe)) if pe.dims() == [b, n, sam_dim] => Some(linear.forward(pe)),
+            (Some(_), pe) => {
+                return Err(DetError::Shape {
+                    op: "RegionSpotHead",
+                    what: "query_positions",
+                    got: pe.map(|p| p.dims().to_vec()).unwrap_or_default(),
+                    expected: format!(
+                        "[{b}, {n}, {sam_dim}] (the module adds positions to its queries)"
+                    ),
+                });
+            }
+        };
         let queries = self.to_clip.forward(region_tokens);
-        Ok(self
-            .projector
-            .forward(self.decoder.forward(queries, clip_features)))
+        Ok(self.projector.forward(self.decoder.forward_with_query_pos(
+            queries,
+            clip_features,
+            pos,
+            query_pos,
+        )))
     }
 
     /// Width of the joint embedding space the semantic tokens live in.
@@ -153,19 +234,41 @@ pub struct RegionDecoder<B: Backend> {
 }
 
 impl<B: Backend> RegionDecoder<B> {
-    /// `[B, N, D]` queries over `[B, L, D]` memory → `[B, N, D]`.
-    pub fn forward(&self, queries: Tensor<B, 3>, memory: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self
-            .layers
-            .iter()
-            .fold(queries, |x, layer| layer.forward(x, memory.clone()));
+    /// `[B, N, D]` queries over `[B, L, D]` memory (keys plus `pos`, when given) → `[B, N, D]`.
+    pub fn forward(
+        &self,
+        queries: Tensor<B, 3>,
+        memory: Tensor<B, 3>,
+        pos: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
+        self.forward_with_query_pos(queries, memory, pos, None)
+    }
+
+    /// [`Self::forward`] with `query_pos` `[B, N, D]` added to the cross-attention's queries
+    /// (DETR's `query_pos`).
+    pub fn forward_with_query_pos(
+        &self,
+        queries: Tensor<B, 3>,
+        memory: Tensor<B, 3>,
+        pos: Option<Tensor<B, 3>>,
+        query_pos: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
+        let keys = match pos {
+            Some(pos) => memory.clone() + pos,
+            None => memory.clone(),
+        };
+        let x = self.layers.iter().fold(queries, |x, layer| {
+            layer.forward(x, keys.clone(), memory.clone(), query_pos.clone())
+        });
         self.norm.forward(x)
     }
 }
 
 /// One post-norm decoder layer (`TransformerDecoderLayer.forward_post`):
 /// `x = norm1(x + self_attn(x))`, `x = norm2(x + cross_attn(x, memory))`,
-/// `x = norm3(x + linear2(relu(linear1(x))))`.
+/// `x = norm3(x + linear2(relu(linear1(x))))`; the cross-attention's keys are the memory
+/// plus its positions, and its queries plus the boxes' positions, when the module has them
+/// (DETR's `with_pos_embed`).
 #[derive(Module, Debug)]
 pub struct DecoderLayer<B: Backend> {
     /// Self-attention among the region queries.
@@ -187,13 +290,22 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    /// `[B, N, D]` queries, `[B, L, D]` memory → `[B, N, D]`.
-    pub fn forward(&self, x: Tensor<B, 3>, memory: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `[B, N, D]` queries (plus `query_pos` in the cross-attention), `[B, L, D]` keys and
+    /// memory (values) → `[B, N, D]`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        keys: Tensor<B, 3>,
+        memory: Tensor<B, 3>,
+        query_pos: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
         let attended = self.self_attn.forward(x.clone(), x.clone(), x.clone());
         let x = self.norm1.forward(x + self.dropout.forward(attended));
-        let attended = self
-            .multihead_attn
-            .forward(x.clone(), memory.clone(), memory);
+        let query = match query_pos {
+            Some(pos) => x.clone() + pos,
+            None => x.clone(),
+        };
+        let attended = self.multihead_attn.forward(query, keys, memory);
         let x = self.norm2.forward(x + self.dropout.forward(attended));
         let hidden = self.dropout.forward(relu(self.linear1.forward(x.clone())));
         let ffn = self.linear2.forward(hidden);

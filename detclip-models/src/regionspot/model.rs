@@ -179,6 +179,10 @@ pub struct FrozenFeatures<B: Backend> {
     /// CLIP's feature map (`encode_image_featuremap`: the last block's class and patch tokens,
     /// before `ln_post`), `[B, 1 + gh·gw, clip_dim]`.
     pub clip_features: Tensor<B, 3>,
+    /// The box prompts in SAM's input frame, `[B, N, 4]`, when known (the cache file does not
+    /// store them; [`super::cached_frozen_features`] puts them back). Only a module with
+    /// [`super::RegionSpotHead::query_pos`] reads them.
+    pub boxes: Option<Tensor<B, 3>>,
 }
 
 /// What [`RegionSpot::forward`] returns.
@@ -233,11 +237,12 @@ impl<B: Backend> RegionSpot<B> {
                 ),
             });
         }
-        let (region_tokens, masks) = self.position_aware_tokens(sam_images, boxes)?;
+        let (region_tokens, masks) = self.position_aware_tokens(sam_images, boxes.clone())?;
         Ok(FrozenFeatures {
             region_tokens,
             masks,
             clip_features: self.clip_features(clip_pixels)?,
+            boxes: Some(boxes.detach()),
         })
     }
 
@@ -373,9 +378,27 @@ impl<B: Backend> RegionSpot<B> {
         features: &FrozenFeatures<B>,
         class_embeddings: Tensor<B, 2>,
     ) -> Result<RegionSpotOutput<B>, DetError> {
-        let semantic_tokens = self.head.forward(
+        let key_positions = match self.head.key_pos {
+            Some(_) => Some(self.key_positions(features.clip_features.dims()[1])?),
+            None => None,
+        };
+        let query_positions = match (&self.head.query_pos, &features.boxes) {
+            (None, _) => None,
+            (Some(_), Some(boxes)) => Some(self.box_positions(boxes.clone())),
+            (Some(_), None) => {
+                return Err(DetError::InvalidOption {
+                    op: "RegionSpot::forward_cached",
+                    why: "the module adds box positions to its queries, and these features \
+                          carry no boxes"
+                        .into(),
+                });
+            }
+        };
+        let semantic_tokens = self.head.forward_with_positions(
             features.region_tokens.clone(),
             features.clip_features.clone(),
+            key_positions,
+            query_positions,
         )?;
         let logits = self.logits(semantic_tokens.clone(), class_embeddings)?;
         Ok(RegionSpotOutput {
@@ -383,6 +406,46 @@ impl<B: Backend> RegionSpot<B> {
             semantic_tokens,
             masks: features.masks.clone(),
         })
+    }
+
+    /// SAM's positional encoding (its prompt encoder's random-Fourier `pe_layer`) of the
+    /// centre of each patch of CLIP's square `g × g` grid, `[1, 1 + g², sam_dim]`, with zeros
+    /// for the class token. SAM and CLIP see the same square (the image padded at the bottom
+    /// and right), so a position means the same place in both.
+    ///
+    /// # Errors
+    /// [`DetError::Shape`] when `tokens − 1` is not a square number.
+    pub fn key_positions(&self, tokens: usize) -> Result<Tensor<B, 3>, DetError> {
+        let g = (tokens.saturating_sub(1) as f64).sqrt().round() as usize;
+        if g == 0 || g * g + 1 != tokens {
+            return Err(DetError::Shape {
+                op: "RegionSpot::key_positions",
+                what: "clip_features",
+                got: vec![tokens],
+                expected: "1 + g² tokens (a class token and a square grid)".into(),
+            });
+        }
+        let grid = self.sam.prompt_encoder.pe_layer.forward_grid([g, g]);
+        let c = grid.dims()[0];
+        let patches = grid.reshape([c, g * g]).swap_dims(0, 1);
+        let class = Tensor::zeros([1, c], &patches.device());
+        Ok(Tensor::cat(vec![class, patches], 0)
+            .unsqueeze::<3>()
+            .detach())
+    }
+
+    /// SAM's positional encoding of each box's centre, `[B, N, sam_dim]`, for boxes
+    /// `[B, N, 4]` in SAM's input frame (the frame [`Self::key_positions`] encodes patches
+    /// in).
+    pub fn box_positions(&self, boxes: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, n, _] = boxes.dims();
+        let side = self.sam.image_encoder.img_size();
+        let centres = (boxes.clone().narrow(2, 0, 2) + boxes.narrow(2, 2, 2)) / 2.0;
+        self.sam
+            .prompt_encoder
+            .pe_layer
+            .forward_with_coords(centres.reshape([b, n, 2]), [side, side])
+            .detach()
     }
 
     /// `exp(logit_scale) · (s / (‖s‖ + 1e-7)) · textᵀ` (the official `get_logits`; the class
@@ -463,16 +526,19 @@ impl<B: Backend> FrozenFeatures<B> {
                 expected: format!("{want:?} like the first image"),
             });
         }
-        let (mut t, mut m, mut c) = (vec![], vec![], vec![]);
+        let all_boxes = parts.iter().all(|p| p.boxes.is_some());
+        let (mut t, mut m, mut c, mut x) = (vec![], vec![], vec![], vec![]);
         for p in parts {
             t.push(p.region_tokens);
             m.push(p.masks);
             c.push(p.clip_features);
+            x.extend(p.boxes);
         }
         Ok(Self {
             region_tokens: Tensor::cat(t, 0),
             masks: Tensor::cat(m, 0),
             clip_features: Tensor::cat(c, 0),
+            boxes: all_boxes.then(|| Tensor::cat(x, 0)),
         })
     }
 }

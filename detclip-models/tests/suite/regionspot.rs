@@ -10,7 +10,7 @@ use detclip_core::DetError;
 use detclip_models::clip::{ClipLayout, EotPooling};
 use detclip_models::import::LoadReport;
 use detclip_models::regionspot::{
-    BoxSource, FrozenFeatures, PROMPT_TEMPLATES, RegionSpot, RegionSpotConfig,
+    BoxSource, FrozenFeatures, PROMPT_TEMPLATES, RegionSpot, RegionSpotConfig, RegionSpotHead,
     RegionSpotHeadConfig, RegionSpotLossConfig, cache_key, cache_path, cached_frozen_features,
     clean_class_name, load_regionspot, read_frozen_features, regionspot_loss,
 };
@@ -151,7 +151,7 @@ backend_test! {
         let (model, _) = load::<B::InnerBackend>(device);
         let semantic = model
             .head
-            .forward(f.tensor("module_tokens", device), f.tensor("module_clip_feat", device))
+            .forward(f.tensor("module_tokens", device), f.tensor("module_clip_feat", device), None)
             .unwrap();
         check("module semantic tokens", semantic.clone(), &f, "module_semantic");
         let logits = model.logits(semantic, f.tensor("module_text", device)).unwrap();
@@ -277,11 +277,11 @@ backend_test! {
         let tokens = f.tensor::<I<B>, 3>("module_tokens", device);
         let feat = f.tensor::<I<B>, 3>("module_clip_feat", device);
         // Wrong SAM width, wrong CLIP width, batch mismatch.
-        assert!(matches!(model.head.forward(feat.clone(), feat.clone()), Err(DetError::Shape { .. })));
-        assert!(matches!(model.head.forward(tokens.clone(), tokens.clone()), Err(DetError::Shape { .. })));
-        assert!(matches!(model.head.forward(tokens.clone(), feat.clone().narrow(0, 0, 1)), Err(DetError::Shape { .. })));
+        assert!(matches!(model.head.forward(feat.clone(), feat.clone(), None), Err(DetError::Shape { .. })));
+        assert!(matches!(model.head.forward(tokens.clone(), tokens.clone(), None), Err(DetError::Shape { .. })));
+        assert!(matches!(model.head.forward(tokens.clone(), feat.clone().narrow(0, 0, 1), None), Err(DetError::Shape { .. })));
         // Class embeddings of the wrong width; labels out of range or mis-shaped.
-        let semantic = model.head.forward(tokens, feat).unwrap();
+        let semantic = model.head.forward(tokens, feat, None).unwrap();
         assert!(matches!(model.logits(semantic.clone(), Tensor::zeros([3, 5], device)), Err(DetError::Shape { .. })));
         let logits = model.logits(semantic, f.tensor("module_text", device)).unwrap();
         let bad = Tensor::<I<B>, 2, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 4, 6, 0, 0, 0, 0], [2, 5]), device);
@@ -394,5 +394,96 @@ backend_test! {
         let none: [&str; 0] = [];
         assert!(matches!(model.class_embeddings(&tok, &none, PROMPT_TEMPLATES), Err(DetError::InvalidOption { .. })));
         assert!(matches!(model.class_embeddings(&tok, &["cat"], &["a photo"]), Err(DetError::InvalidOption { .. })));
+    }
+}
+
+backend_test! {
+    fn regionspot_key_positions_are_sams_encoding_and_enter_only_the_keys<B>(device) {
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        let f = io();
+        let (official, _) = load::<I<B>>(device);
+        let tokens = f.tensor::<I<B>, 3>("module_tokens", device);
+        let feat = f.tensor::<I<B>, 3>("module_clip_feat", device);
+        let [_, l, _] = feat.dims();
+        // SAM's random-Fourier encoding of each patch centre of CLIP's 4 × 4 grid; zeros for
+        // the class token; a token count that is not 1 + g² is refused.
+        let pe = official.key_positions(l).unwrap();
+        assert_eq!(pe.dims(), [1, 17, 16]);
+        let values = to_vec(pe.clone());
+        assert!(values[..16].iter().all(|v| *v == 0.0));
+        let centre = Tensor::<I<B>, 2>::from_floats([[2.5 / 4.0, 1.5 / 4.0]], device);
+        let expected = to_vec(official.sam.prompt_encoder.pe_layer.encode(centre));
+        let row = 1 + 4 + 2; // class token, then row 1, column 2
+        assert_close("patch (1, 2)", &values[row * 16..(row + 1) * 16], &expected, 1e-6, 0.0);
+        assert!(matches!(official.key_positions(18), Err(DetError::Shape { .. })));
+        // The same module with a key-position projection of chosen weights.
+        let with = |weight: Tensor<I<B>, 2>, bias: Tensor<I<B>, 1>| RegionSpotHead {
+            key_pos: Some(burn::nn::Linear { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(bias)) }),
+            ..official.head.clone()
+        };
+        let reference = to_vec(official.head.forward(tokens.clone(), feat.clone(), None).unwrap());
+        // Such a module needs the positions, of the right shape.
+        let zero = with(Tensor::zeros([16, 32], device), Tensor::zeros([32], device));
+        assert!(matches!(zero.forward(tokens.clone(), feat.clone(), None), Err(DetError::Shape { .. })));
+        let wrong = pe.clone().narrow(1, 0, 16);
+        assert!(matches!(zero.forward(tokens.clone(), feat.clone(), Some(wrong)), Err(DetError::Shape { .. })));
+        // Zero weights: the official module exactly.
+        let got = to_vec(zero.forward(tokens.clone(), feat.clone(), Some(pe.clone())).unwrap());
+        assert_close("zero key positions", &got, &reference, 1e-6, 0.0);
+        // The same vector added to every key shifts each query's logits by one constant, which
+        // softmax ignores: positions reach the keys only, never the values.
+        let shift = Tensor::<I<B>, 1>::random([32], burn::tensor::Distribution::Normal(0.0, 1.0), device);
+        let constant = with(Tensor::zeros([16, 32], device), shift);
+        let got = to_vec(constant.forward(tokens.clone(), feat.clone(), Some(pe.clone())).unwrap());
+        assert_close("constant key shift", &got, &reference, 1e-4, 0.0);
+        // Positions that differ between patches change the attention, hence the output.
+        let weight = Tensor::<I<B>, 2>::random([16, 32], burn::tensor::Distribution::Normal(0.0, 1.0), device);
+        let varying = with(weight, Tensor::zeros([32], device));
+        let got = to_vec(varying.forward(tokens, feat, Some(pe)).unwrap());
+        assert!(max_abs_diff(&got, &reference) > 1e-3, "key positions left the output unchanged");
+        // The options build the projections; official checkpoints have no such keys.
+        let mut config = tiny_config();
+        config.head.key_positions = true;
+        config.head.query_positions = true;
+        let model = config.init::<I<B>>(device).unwrap();
+        assert_eq!(model.head.key_pos.as_ref().map(|l| l.weight.dims()), Some([16, 32]));
+        assert_eq!(model.head.query_pos.as_ref().map(|l| l.weight.dims()), Some([16, 32]));
+        assert!(official.head.key_pos.is_none() && official.head.query_pos.is_none());
+    }
+}
+
+backend_test! {
+    fn regionspot_query_positions_encode_box_centres_and_enter_only_the_queries<B>(device) {
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        let f = io();
+        let (official, _) = load::<I<B>>(device);
+        let tokens = f.tensor::<I<B>, 3>("module_tokens", device);
+        let feat = f.tensor::<I<B>, 3>("module_clip_feat", device);
+        // SAM's encoding of each box's centre in its 64 × 64 input frame.
+        let boxes = Tensor::<I<B>, 3>::from_floats([[[0.0, 0.0, 32.0, 16.0], [40.0, 8.0, 64.0, 64.0]]], device);
+        let pe = to_vec(official.box_positions(boxes));
+        let centres = Tensor::<I<B>, 2>::from_floats([[16.0 / 64.0, 8.0 / 64.0], [52.0 / 64.0, 36.0 / 64.0]], device);
+        let expected = to_vec(official.sam.prompt_encoder.pe_layer.encode(centres));
+        assert_close("box centres", &pe, &expected, 1e-6, 0.0);
+        // The module's tokens are [2, 5, 16]: query positions of that shape, from 10 boxes.
+        let many = Tensor::<I<B>, 3>::random([2, 5, 4], burn::tensor::Distribution::Uniform(0.0, 64.0), device);
+        let qp = official.box_positions(many);
+        let with = |weight: Tensor<I<B>, 2>| RegionSpotHead {
+            query_pos: Some(burn::nn::Linear { weight: Param::from_tensor(weight), bias: None }),
+            ..official.head.clone()
+        };
+        let reference = to_vec(official.head.forward(tokens.clone(), feat.clone(), None).unwrap());
+        let zero = with(Tensor::zeros([16, 32], device));
+        // Such a module needs the positions, of the right shape.
+        assert!(matches!(zero.forward(tokens.clone(), feat.clone(), None), Err(DetError::Shape { .. })));
+        let wrong = qp.clone().narrow(1, 0, 4);
+        assert!(matches!(zero.forward_with_positions(tokens.clone(), feat.clone(), None, Some(wrong)), Err(DetError::Shape { .. })));
+        // Zero weights: the official module exactly; the positions change only the
+        // cross-attention's queries, so different positions change the output.
+        let got = to_vec(zero.forward_with_positions(tokens.clone(), feat.clone(), None, Some(qp.clone())).unwrap());
+        assert_close("zero query positions", &got, &reference, 1e-6, 0.0);
+        let weight = Tensor::<I<B>, 2>::random([16, 32], burn::tensor::Distribution::Normal(0.0, 1.0), device);
+        let got = to_vec(with(weight).forward_with_positions(tokens, feat, None, Some(qp)).unwrap());
+        assert!(max_abs_diff(&got, &reference) > 1e-3, "query positions left the output unchanged");
     }
 }

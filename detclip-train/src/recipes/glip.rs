@@ -95,6 +95,10 @@ pub struct GlipModelSizes {
     /// norms, as DetCLIPv2's synthetic preset has); the `swin_*` fields are then unused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resnet: Option<GlipResNetSizes>,
+    /// Modulated deformable convolutions in the DyHead blocks (as released); `false`: plain
+    /// 3×3 convolutions (an ablation).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub deformable: bool,
 }
 
 fn yes() -> bool {
@@ -299,6 +303,7 @@ impl GlipRecipe {
                 fusion: true,
                 fusion_gamma: None,
                 resnet: None,
+                deformable: true,
             },
             text: GlipTextConfig {
                 max_tokens: 64,
@@ -464,7 +469,8 @@ impl GlipRecipe {
             .with_fusion_heads(m.fusion_heads)
             .with_norm_groups(m.norm_groups)
             .with_fusion(m.fusion)
-            .with_fusion_gamma(m.fusion_gamma))
+            .with_fusion_gamma(m.fusion_gamma)
+            .with_deformable(m.deformable))
     }
 
     fn anchors(&self) -> AnchorGenerator {

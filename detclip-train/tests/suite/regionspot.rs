@@ -1,6 +1,7 @@
 //! The `regionspot` recipe on the learner: only the module trains (SAM and CLIP stay
 //! bit-identical through training), the cache gives the same losses as computing on the fly,
-//! a second cache pass computes nothing, and image-text sources are refused.
+//! a second cache pass computes nothing (with the module's position options on), and
+//! image-text sources are refused.
 
 use burn::module::AutodiffModule;
 use detclip_core::data::SourceKind;
@@ -49,6 +50,9 @@ backend_test! {
         let mut recipe = RegionSpotRecipe::tiny();
         recipe.learner.steps = 3;
         recipe.learner.checkpoint_every = 0;
+        // Both position options: the cache file holds no boxes, the query positions need them.
+        recipe.key_positions = true;
+        recipe.query_positions = true;
         let dir = scratch("regionspot-cache");
         let plain = {
             let _g = init_lock();

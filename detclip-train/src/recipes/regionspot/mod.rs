@@ -28,7 +28,9 @@ use detclip_core::data::synthetic::{Split, World, WorldConfig};
 use detclip_core::data::{Batch, Normalize, SourceKind, TestTransform};
 use detclip_core::ext::DetclipAutodiffBackend;
 use detclip_core::{DetError, Result};
-use detclip_models::clip::{ClipConfig, ClipLayout, ClipTextConfig, ClipVisionConfig, EotPooling};
+use detclip_models::clip::{
+    ClipConfig, ClipLayout, ClipTextConfig, ClipVisionConfig, EotPooling, l2_normalize,
+};
 use detclip_models::import::{LoadOptions, load_checkpoint};
 use detclip_models::regionspot::{
     FrozenFeatures, RegionSpot, RegionSpotConfig, RegionSpotHeadConfig, RegionSpotLossConfig,
@@ -148,6 +150,20 @@ pub struct RegionSpotRecipe {
     pub teacher: Option<TeacherConfig>,
     /// Where SAM's and CLIP's outputs are cached per image, if anywhere.
     pub cache_dir: Option<PathBuf>,
+    /// Whether the module's cross-attention keys carry SAM's positional encoding of each CLIP
+    /// patch ([`detclip_models::regionspot::RegionSpotHead::key_pos`]; not in the official
+    /// module, so `false` by default and for official checkpoints).
+    #[serde(default)]
+    pub key_positions: bool,
+    /// Whether the module's cross-attention queries carry SAM's positional encoding of each
+    /// box's centre ([`detclip_models::regionspot::RegionSpotHead::query_pos`]; not in the
+    /// official module).
+    #[serde(default)]
+    pub query_positions: bool,
+    /// What scores the boxes at inference: the trained module (the default) or, as a
+    /// baseline, CLIP's own feature map pooled in each box.
+    #[serde(default)]
+    pub recognizer: Recognizer,
     /// The loss.
     pub loss: RegionSpotLossSettings,
     /// Inference.
@@ -156,6 +172,20 @@ pub struct RegionSpotRecipe {
     pub data: DataConfig,
     /// The learner.
     pub learner: LearnerConfig,
+}
+
+/// What scores a box against the classes at inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recognizer {
+    /// RegionSpot: the trained module's semantic token.
+    #[default]
+    Module,
+    /// The baseline the module must beat: CLIP's patch tokens projected into the joint space
+    /// (`proj(ln_post(·))`, as the class token is) and averaged over the patches whose centre
+    /// lies in the box (the patch under the box's centre when none does). SAM and the module
+    /// are not used for the scores.
+    PooledClip,
 }
 
 const TEMPLATE: &str = "a photo of a {}.";
@@ -209,6 +239,9 @@ impl RegionSpotRecipe {
                 sam_token_box_weight: 1.0,
             }),
             cache_dir: None,
+            key_positions: true,
+            query_positions: false,
+            recognizer: Recognizer::Module,
             loss: RegionSpotLossSettings {
                 alpha: 0.25,
                 gamma: 2.0,
@@ -298,6 +331,13 @@ impl RegionSpotRecipe {
     /// # Errors
     /// [`DetError::InvalidOption`] when the text side does not fit the model.
     pub fn model_config(&self) -> Result<RegionSpotConfig> {
+        let mut config = self.base_model_config()?;
+        config.head.key_positions = self.key_positions;
+        config.head.query_positions = self.query_positions;
+        Ok(config)
+    }
+
+    fn base_model_config(&self) -> Result<RegionSpotConfig> {
         match &self.model {
             RegionSpotModel::VitB16 => Ok(RegionSpotConfig::vit_b_16()),
             RegionSpotModel::VitL14 => Ok(RegionSpotConfig::vit_l_14()),
@@ -475,6 +515,50 @@ impl RegionSpotRecipe {
             })
             .unzip()
     }
+}
+
+/// [`Recognizer::PooledClip`]'s logits `[1, N, C]` for `boxes` (batch pixels; `scale` maps
+/// them to CLIP's input): CLIP's logit scale times the cosine between each box's pooled,
+/// projected patch tokens and the (normalised) class embeddings.
+fn pooled_clip_logits<B: Backend>(
+    model: &RegionSpot<B>,
+    features: &FrozenFeatures<B>,
+    boxes: &[[f32; 4]],
+    scale: f32,
+    classes: Tensor<B, 2>,
+) -> Result<Tensor<B, 3>> {
+    let [_, l, d] = features.clip_features.dims();
+    let g = ((l.saturating_sub(1)) as f64).sqrt().round() as usize;
+    if g == 0 || g * g + 1 != l {
+        return Err(DetError::Shape {
+            op: "regionspot pooled_clip",
+            what: "clip_features",
+            got: vec![l],
+            expected: "1 + g² tokens (a class token and a square grid)".into(),
+        });
+    }
+    let vision = &model.clip.vision;
+    let grid = features
+        .clip_features
+        .clone()
+        .narrow(0, 0, 1)
+        .narrow(1, 1, g * g)
+        .swap_dims(1, 2)
+        .reshape([1, d, g, g]);
+    let dense = vision.project_grid(grid);
+    let e = dense.dims()[1];
+    let tokens = dense.reshape([e, g * g]).transpose();
+    let patch = vision.patch_size();
+    let weights: Vec<f32> = boxes
+        .iter()
+        .flat_map(|b| teacher::box_weights(b.map(|v| v * scale), patch, g, 0, 1))
+        .collect();
+    let device = tokens.device();
+    let weights =
+        Tensor::<B, 2>::from_data(TensorData::new(weights, [boxes.len(), g * g]), &device);
+    let pooled = l2_normalize(weights.matmul(tokens));
+    let logit_scale = model.clip.logit_scale.val().exp().reshape([1, 1]);
+    Ok((pooled.matmul(classes.transpose()) * logit_scale).unsqueeze())
 }
 
 /// ImageNet-normalised pixels (the data pipeline's) to CLIP's normalisation.
@@ -725,7 +809,14 @@ impl Recipe for RegionSpotRecipe {
             }
             let features = self.frozen(model, batch, i, &boxes)?;
             let masks = self.box_masks(model, batch, i, features.masks.clone())?;
-            let logits = model.forward_cached(&features, classes.clone())?.logits;
+            let logits = match self.recognizer {
+                Recognizer::Module => model.forward_cached(&features, classes.clone())?.logits,
+                Recognizer::PooledClip => {
+                    let (h, w) = batch.image_sizes[i];
+                    let scale = self.clip_input() as f32 / h.max(w) as f32;
+                    pooled_clip_logits(model, &features, &boxes, scale, classes.clone())?
+                }
+            };
             let mut scores: Vec<f32> = sigmoid(logits)
                 .into_data()
                 .convert::<f32>()

@@ -136,7 +136,13 @@ impl Scenes {
 
 /// One row of the pooling matrix: equal weights on the patches of image `b` whose centre lies
 /// in the box (the patch under the box's centre when none does), zero elsewhere.
-fn box_weights(bbox: [f32; 4], patch: usize, g: usize, b: usize, images: usize) -> Vec<f32> {
+pub(crate) fn box_weights(
+    bbox: [f32; 4],
+    patch: usize,
+    g: usize,
+    b: usize,
+    images: usize,
+) -> Vec<f32> {
     let mut row = vec![0.0f32; images * g * g];
     let p = patch as f32;
     let mut cells = Vec::new();
