@@ -39,6 +39,10 @@ pub struct RegionSpotHeadConfig {
     /// centre (`query_pos`, not in the official module; see [`RegionSpotHead::query_pos`]).
     #[config(default = false)]
     pub query_positions: bool,
+    /// Whether CLIP's tokens are layer-normalised (no affine parameters) before the decoder
+    /// reads them: the official `ln_clip`, which the official module defines but never calls.
+    #[config(default = false)]
+    pub clip_norm: bool,
 }
 
 impl RegionSpotHeadConfig {
@@ -86,6 +90,7 @@ impl RegionSpotHeadConfig {
             query_pos: self
                 .query_positions
                 .then(|| LinearConfig::new(self.sam_dim, self.clip_dim).init(device)),
+            clip_norm: self.clip_norm,
         }
     }
 }
@@ -119,6 +124,10 @@ pub struct RegionSpotHead<B: Backend> {
     /// mapped to CLIP's width and added to the cross-attention queries (DETR's `query_pos`),
     /// so that a query states where its box is even when SAM's token does not.
     pub query_pos: Option<Linear<B>>,
+    /// Whether CLIP's tokens pass the official `ln_clip` (a `LayerNorm` without parameters,
+    /// defined but never called by the official forward) before the decoder.
+    #[module(skip)]
+    pub clip_norm: bool,
 }
 
 impl<B: Backend> RegionSpotHead<B> {
@@ -209,6 +218,12 @@ impl<B: Backend> RegionSpotHead<B> {
             }
         };
         let queries = self.to_clip.forward(region_tokens);
+        let clip_features = if self.clip_norm {
+            let (var, mean) = clip_features.clone().var_mean_bias(2);
+            (clip_features - mean) / (var + 1e-5).sqrt()
+        } else {
+            clip_features
+        };
         Ok(self.projector.forward(self.decoder.forward_with_query_pos(
             queries,
             clip_features,

@@ -487,3 +487,28 @@ backend_test! {
         assert!(max_abs_diff(&got, &reference) > 1e-3, "query positions left the output unchanged");
     }
 }
+
+backend_test! {
+    fn regionspot_clip_norm_is_a_parameter_free_layer_norm_of_clips_tokens<B>(device) {
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        let f = io();
+        let (official, _) = load::<I<B>>(device);
+        let tokens = f.tensor::<I<B>, 3>("module_tokens", device);
+        let feat = f.tensor::<I<B>, 3>("module_clip_feat", device);
+        let normed = RegionSpotHead { clip_norm: true, ..official.head.clone() };
+        let got = to_vec(normed.forward(tokens.clone(), feat.clone(), None).unwrap());
+        // The official module on features normalised by hand (per token, biased variance).
+        let (var, mean) = feat.clone().var_mean_bias(2);
+        let by_hand = (feat.clone() - mean) / (var + 1e-5).sqrt();
+        let expected = to_vec(official.head.forward(tokens.clone(), by_hand, None).unwrap());
+        assert_close("ln_clip", &got, &expected, 1e-5, 0.0);
+        // So the module no longer sees a token's scale or offset.
+        let rescaled = to_vec(normed.forward(tokens.clone(), feat.clone() * 3.0 + 2.0, None).unwrap());
+        assert_close("ln_clip of 3x + 2", &rescaled, &got, 1e-4, 0.0);
+        let plain = to_vec(official.head.forward(tokens, feat, None).unwrap());
+        assert!(max_abs_diff(&plain, &got) > 1e-3, "ln_clip changed nothing");
+        let mut config = tiny_config();
+        config.head.clip_norm = true;
+        assert!(config.init::<I<B>>(device).unwrap().head.clip_norm);
+    }
+}

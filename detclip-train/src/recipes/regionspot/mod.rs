@@ -160,6 +160,10 @@ pub struct RegionSpotRecipe {
     /// official module).
     #[serde(default)]
     pub query_positions: bool,
+    /// Whether the module layer-normalises CLIP's tokens first (the official `ln_clip`, which
+    /// the official forward defines but never calls).
+    #[serde(default)]
+    pub clip_norm: bool,
     /// What scores the boxes at inference: the trained module (the default) or, as a
     /// baseline, CLIP's own feature map pooled in each box.
     #[serde(default)]
@@ -193,6 +197,12 @@ const TEMPLATE: &str = "a photo of a {}.";
 impl RegionSpotRecipe {
     /// The synthetic-world preset: small SAM and CLIP, the CLIP teacher pre-trained on every
     /// concept, the module trained on base concepts, evaluated on seen and held-out ones.
+    ///
+    /// The module departs from the official one in three switches (all off by default, so
+    /// official checkpoints load unchanged): `clip_norm` (the official, never-called
+    /// `ln_clip`), and SAM's positional encoding on the keys (`key_positions`) and queries
+    /// (`query_positions`). Without them the module cannot find its box in the small CLIP's
+    /// feature map and seen AP stays at chance (the book's RegionSpot chapter has the runs).
     pub fn synthetic() -> Self {
         let world = |seed, images| {
             SyntheticConfig::new(seed, images, (112, 160), (3, 20), SourceKind::Detection)
@@ -240,7 +250,8 @@ impl RegionSpotRecipe {
             }),
             cache_dir: None,
             key_positions: true,
-            query_positions: false,
+            query_positions: true,
+            clip_norm: true,
             recognizer: Recognizer::Module,
             loss: RegionSpotLossSettings {
                 alpha: 0.25,
@@ -334,6 +345,7 @@ impl RegionSpotRecipe {
         let mut config = self.base_model_config()?;
         config.head.key_positions = self.key_positions;
         config.head.query_positions = self.query_positions;
+        config.head.clip_norm = self.clip_norm;
         Ok(config)
     }
 
