@@ -279,7 +279,7 @@ impl RegionSpotRecipe {
                 size_divisor: 32,
             },
             learner: {
-                let mut l = LearnerConfig::adamw(600, 1e-3);
+                let mut l = LearnerConfig::adamw(1200, 1e-3);
                 l.optim.clip_grad_norm = Some(1.0);
                 l.schedule.warmup_steps = 30;
                 l.schedule.decay = Decay::Cosine { min_factor: 0.05 };
