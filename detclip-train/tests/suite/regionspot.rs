@@ -307,3 +307,54 @@ fn regionspot_detect_classifies_the_given_boxes() {
         "a refused call wrote its output folder"
     );
 }
+
+/// `recognizer: "pooled_clip"` scores the given boxes with CLIP's pooled feature map alone: a
+/// model whose module is wrecked (projector zeroed) gives the same detections, while with the
+/// module recognizer it gives different ones.
+#[test]
+fn regionspot_pooled_clip_baseline_ignores_the_module() {
+    use burn::module::Param;
+    use burn::prelude::*;
+    use detclip_models::regionspot::{RegionSpot, RegionSpotHead};
+    use detclip_train::evaluate::{EvalSet, predict};
+    use detclip_train::recipes::regionspot::Recognizer;
+    type B = burn::backend::NdArray;
+
+    let device = Default::default();
+    let mut recipe = RegionSpotRecipe::tiny();
+    let model: RegionSpot<B> = locked(|| {
+        let m = init_model::<_, burn::backend::Autodiff<B>>(&recipe, &device).unwrap();
+        recipe.prepare(m, &device).unwrap().valid()
+    });
+    let [d, e] = model.head.projector.weight.dims();
+    let wrecked = RegionSpot {
+        head: RegionSpotHead {
+            projector: burn::nn::Linear {
+                weight: Param::from_tensor(Tensor::zeros([d, e], &device)),
+                bias: Some(Param::from_tensor(Tensor::ones([e], &device))),
+            },
+            ..model.head.clone()
+        },
+        ..model.clone()
+    };
+    let set = EvalSet::of(&recipe).unwrap().unwrap();
+    let samples = &set.samples[..4];
+    let run = |recipe: &RegionSpotRecipe, m: &RegionSpot<B>| {
+        predict(recipe, m, samples, &set.vocabulary, 0.0, 2, &device).unwrap()
+    };
+    let key = |dets: Vec<Vec<detclip_train::recipe::Detected>>| -> Vec<(usize, [u32; 4], u32)> {
+        dets.iter()
+            .flatten()
+            .map(|x| (x.label, x.bbox.map(f32::to_bits), x.score.to_bits()))
+            .collect()
+    };
+    assert_ne!(
+        key(run(&recipe, &model)),
+        key(run(&recipe, &wrecked)),
+        "the module recognizer ignores the module"
+    );
+    recipe.recognizer = Recognizer::PooledClip;
+    let (a, b) = (run(&recipe, &model), run(&recipe, &wrecked));
+    assert!(a.iter().any(|d| !d.is_empty()), "no detections");
+    assert_eq!(key(a), key(b), "the pooled-CLIP recognizer read the module");
+}
