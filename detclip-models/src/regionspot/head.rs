@@ -187,36 +187,19 @@ impl<B: Backend> RegionSpotHead<B> {
                 expected: format!("[{b}, L ≥ 1, {clip_dim}]"),
             });
         }
-        let pos = match (&self.key_pos, key_positions) {
-            (None, _) => None,
-            (Some(linear), Some(pe)) if pe.dims() == [1, l, sam_dim] => {
-                Some(linear.forward(pe).expand([b, l, clip_dim]))
-            }
-            (Some(_), pe) => {
-                return Err(DetError::Shape {
-                    op: "RegionSpotHead",
-                    what: "key_positions",
-                    got: pe.map(|p| p.dims().to_vec()).unwrap_or_default(),
-                    expected: format!(
-                        "[1, {l}, {sam_dim}] (the module adds positions to its keys)"
-                    ),
-                });
-            }
-        };
-        let query_pos = match (&self.query_pos, query_positions) {
-            (None, _) => None,
-            (Some(linear), Some(pe)) if pe.dims() == [b, n, sam_dim] => Some(linear.forward(pe)),
-            (Some(_), pe) => {
-                return Err(DetError::Shape {
-                    op: "RegionSpotHead",
-                    what: "query_positions",
-                    got: pe.map(|p| p.dims().to_vec()).unwrap_or_default(),
-                    expected: format!(
-                        "[{b}, {n}, {sam_dim}] (the module adds positions to its queries)"
-                    ),
-                });
-            }
-        };
+        let pos = project_positions(
+            &self.key_pos,
+            key_positions,
+            [1, l, sam_dim],
+            "key_positions",
+        )?
+        .map(|p| p.expand([b, l, clip_dim]));
+        let query_pos = project_positions(
+            &self.query_pos,
+            query_positions,
+            [b, n, sam_dim],
+            "query_positions",
+        )?;
         let queries = self.to_clip.forward(region_tokens);
         let clip_features = if self.clip_norm {
             let (var, mean) = clip_features.clone().var_mean_bias(2);
@@ -235,6 +218,26 @@ impl<B: Backend> RegionSpotHead<B> {
     /// Width of the joint embedding space the semantic tokens live in.
     pub fn text_dim(&self) -> usize {
         self.projector.weight.dims()[1]
+    }
+}
+
+/// `linear(positions)` when the module has that projection (`None` when it has not); an
+/// error naming `what` when it has one and the positions are missing or not `[…] = dims`.
+fn project_positions<B: Backend>(
+    linear: &Option<Linear<B>>,
+    positions: Option<Tensor<B, 3>>,
+    dims: [usize; 3],
+    what: &'static str,
+) -> Result<Option<Tensor<B, 3>>, DetError> {
+    match (linear, positions) {
+        (None, _) => Ok(None),
+        (Some(linear), Some(pe)) if pe.dims() == dims => Ok(Some(linear.forward(pe))),
+        (Some(_), pe) => Err(DetError::Shape {
+            op: "RegionSpotHead",
+            what,
+            got: pe.map(|p| p.dims().to_vec()).unwrap_or_default(),
+            expected: format!("{dims:?} (the module adds these positions to its attention)"),
+        }),
     }
 }
 

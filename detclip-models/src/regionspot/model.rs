@@ -416,15 +416,7 @@ impl<B: Backend> RegionSpot<B> {
     /// # Errors
     /// [`DetError::Shape`] when `tokens − 1` is not a square number.
     pub fn key_positions(&self, tokens: usize) -> Result<Tensor<B, 3>, DetError> {
-        let g = (tokens.saturating_sub(1) as f64).sqrt().round() as usize;
-        if g == 0 || g * g + 1 != tokens {
-            return Err(DetError::Shape {
-                op: "RegionSpot::key_positions",
-                what: "clip_features",
-                got: vec![tokens],
-                expected: "1 + g² tokens (a class token and a square grid)".into(),
-            });
-        }
+        let g = clip_grid_side(tokens, "RegionSpot::key_positions")?;
         let grid = self.sam.prompt_encoder.pe_layer.forward_grid([g, g]);
         let c = grid.dims()[0];
         let patches = grid.reshape([c, g * g]).swap_dims(0, 1);
@@ -487,6 +479,24 @@ impl<B: Backend> RegionSpot<B> {
         );
         Ok(similarity * scale)
     }
+}
+
+/// The side `g` of CLIP's square patch grid from its token count `1 + g²` (class token
+/// first), as [`FrozenFeatures::clip_features`] holds them.
+///
+/// # Errors
+/// [`DetError::Shape`] (naming `op`) when `tokens − 1` is not a positive square number.
+pub fn clip_grid_side(tokens: usize, op: &'static str) -> Result<usize, DetError> {
+    let g = (tokens.saturating_sub(1) as f64).sqrt().round() as usize;
+    if g == 0 || g * g + 1 != tokens {
+        return Err(DetError::Shape {
+            op,
+            what: "clip_features",
+            got: vec![tokens],
+            expected: "1 + g² tokens (a class token and a square grid)".into(),
+        });
+    }
+    Ok(g)
 }
 
 /// The official class-name cleaning before templating.

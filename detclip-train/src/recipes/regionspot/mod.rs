@@ -34,7 +34,7 @@ use detclip_models::clip::{
 use detclip_models::import::{LoadOptions, load_checkpoint};
 use detclip_models::regionspot::{
     FrozenFeatures, RegionSpot, RegionSpotConfig, RegionSpotHeadConfig, RegionSpotLossConfig,
-    cached_frozen_features, regionspot_loss,
+    cached_frozen_features, clip_grid_side, regionspot_loss,
 };
 use detclip_models::sam::{
     ImageEncoderViTConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig,
@@ -540,15 +540,7 @@ fn pooled_clip_logits<B: Backend>(
     classes: Tensor<B, 2>,
 ) -> Result<Tensor<B, 3>> {
     let [_, l, d] = features.clip_features.dims();
-    let g = ((l.saturating_sub(1)) as f64).sqrt().round() as usize;
-    if g == 0 || g * g + 1 != l {
-        return Err(DetError::Shape {
-            op: "regionspot pooled_clip",
-            what: "clip_features",
-            got: vec![l],
-            expected: "1 + g² tokens (a class token and a square grid)".into(),
-        });
-    }
+    let g = clip_grid_side(l, "regionspot pooled_clip")?;
     let vision = &model.clip.vision;
     let grid = features
         .clip_features
