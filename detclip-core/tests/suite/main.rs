@@ -20,3 +20,4 @@ mod ext;
 mod losses;
 mod nms;
 mod roi_align;
+mod upsample_conv;

@@ -49,7 +49,7 @@ pub struct GlipConfig {
     /// X-MHA heads (8).
     #[config(default = 8)]
     pub fusion_heads: usize,
-    /// GroupNorm groups in the DyHead blocks (16).
+    /// GroupNorm groups in the DyHead blocks (16); 0 leaves the GroupNorms out (an ablation).
     #[config(default = 16)]
     pub norm_groups: usize,
     /// Prior probability setting the initial alignment bias `bias0` (0.01).
@@ -72,6 +72,20 @@ pub struct GlipConfig {
     /// in every released model); `false` makes them plain 3×3 convolutions (an ablation).
     #[config(default = true)]
     pub deformable: bool,
+    /// Scale-aware attention in the DyHead blocks (`MODEL.DYHEAD.USE_DYFUSE`, on in every
+    /// released model); `false` averages the three levels' maps (an ablation).
+    #[config(default = true)]
+    pub scale_attention: bool,
+    /// DyReLU, the task-aware attention of the DyHead blocks (`MODEL.DYHEAD.USE_DYRELU`, on
+    /// in every released model); `false` makes it a plain ReLU (an ablation).
+    #[config(default = true)]
+    pub dyrelu: bool,
+    /// Whether the box and centerness outputs' gradients reach the tower, as released (one
+    /// tower shared by every output). `false` detaches their input, so the tower learns from
+    /// the alignment loss alone and the box outputs read it as fixed features (an ablation:
+    /// does box regression wash the class out of a shared tower?).
+    #[config(default = true)]
+    pub box_gradient_to_tower: bool,
 }
 
 impl GlipConfig {
@@ -143,8 +157,10 @@ impl GlipConfig {
         );
         let fused_layers = if self.fusion { self.num_layers } else { 0 };
         let dyconv = DyConvConfig::new(self.channels, self.channels)
-            .with_norm_groups(Some(self.norm_groups))
-            .with_deformable(self.deformable);
+            .with_norm_groups((self.norm_groups > 0).then_some(self.norm_groups))
+            .with_deformable(self.deformable)
+            .with_scale_attention(self.scale_attention)
+            .with_dyrelu(self.dyrelu);
         let mut fusions = Vec::with_capacity(self.num_layers);
         let mut dyconvs = Vec::with_capacity(self.num_layers);
         for i in 0..self.num_layers {
@@ -169,6 +185,7 @@ impl GlipConfig {
             log_scale: Param::from_tensor(Tensor::full([1], self.log_scale, device)),
             bias_lang: Param::from_tensor(Tensor::zeros([lang], device)),
             bias0: Param::from_tensor(Tensor::full([1], prior_logit, device)),
+            box_gradient_to_tower: self.box_gradient_to_tower,
         };
         Ok(Glip {
             backbone,
@@ -261,6 +278,9 @@ pub struct GlipHead<B: Backend> {
     pub bias_lang: Param<Tensor<B, 1>>,
     /// Bias offset, `[1]` (the focal-loss prior).
     pub bias0: Param<Tensor<B, 1>>,
+    /// `false`: the box and centerness outputs read the levels detached
+    /// ([`GlipConfig::box_gradient_to_tower`]).
+    pub box_gradient_to_tower: bool,
 }
 
 /// GLIP (see the [module docs](super)).
@@ -482,9 +502,14 @@ impl<B: Backend> GlipHead<B> {
         for (x, scale) in levels.iter().zip(&self.scales) {
             let [_, c, h, w] = x.dims();
             let scale = scale.scale.val();
+            let boxes_in = if self.box_gradient_to_tower {
+                x.clone()
+            } else {
+                x.clone().detach()
+            };
             out.bbox_reg
-                .push(conv2d(&self.bbox_pred, x.clone()) * scale.reshape([1, 1, 1, 1]));
-            out.centerness.push(conv2d(&self.centerness, x.clone()));
+                .push(conv2d(&self.bbox_pred, boxes_in.clone()) * scale.reshape([1, 1, 1, 1]));
+            out.centerness.push(conv2d(&self.centerness, boxes_in));
             let queries = x.clone().reshape([n, c, h * w]).swap_dims(1, 2);
             let logits =
                 queries.matmul(tokens_t.clone()) / temperature.clone() + token_bias.clone();

@@ -8,6 +8,7 @@ use burn::nn::{Embedding, EmbeddingConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use detclip_core::DetError;
+use detclip_core::ops::conv_transpose2d_forward;
 
 use super::common::{LayerNorm2d, LayerNorm2dConfig, Mlp};
 use super::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
@@ -251,7 +252,8 @@ impl<B: Backend> OutputUpscaling<B> {
     /// # Shapes
     /// - `x`: `[B, C, h, w]` → `[B, C/8, 4h, 4w]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = gelu(self.norm.forward(self.conv1.forward(x)));
-        gelu(self.conv2.forward(x))
+        // Both are 2×2 stride-2: one matrix product each (`conv_transpose2d_blocks`).
+        let x = gelu(self.norm.forward(conv_transpose2d_forward(&self.conv1, x)));
+        gelu(conv_transpose2d_forward(&self.conv2, x))
     }
 }

@@ -3,6 +3,7 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use detclip_core::nn::conv2d;
+use detclip_core::ops::conv_transpose2d_forward;
 
 /// torchvision's `TwoMLPHead`: the pooled RoI flattened, then two fully connected layers with
 /// ReLU (1024 wide in Mask R-CNN and ViLD).
@@ -72,6 +73,9 @@ impl<B: Backend> MaskHead<B> {
     /// `[K, C, s, s]` → mask logits `[K, 1, 2s, 2s]`
     pub fn forward(&self, pooled: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = self.convs.iter().fold(pooled, |x, c| relu(conv2d(c, x)));
-        conv2d(&self.logits, relu(self.deconv.forward(x)))
+        conv2d(
+            &self.logits,
+            relu(conv_transpose2d_forward(&self.deconv, x)),
+        )
     }
 }

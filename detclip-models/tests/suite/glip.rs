@@ -310,6 +310,64 @@ backend_test! {
 }
 
 backend_test! {
+    fn glip_dyhead_ablation_switches_leave_out_their_parts<B>(device) {
+        // Each switch removes exactly its part of every DyHead block; the model still runs.
+        let full = GlipConfig::small().init::<B::InnerBackend>(device).unwrap();
+        for d in &full.dyconvs {
+            assert!(d.attn_conv.is_some() && d.relu.is_some() && d.offset.is_some());
+            assert!(d.convs.iter().all(|c| c.bn.is_some()));
+        }
+        let (images, ids, mask) = small_inputs::<B::InnerBackend>(device);
+        let cases: [(GlipConfig, [bool; 4]); 3] = [
+            (GlipConfig::small().with_scale_attention(false), [false, true, true, true]),
+            (GlipConfig::small().with_dyrelu(false), [true, false, true, true]),
+            (GlipConfig::small().with_norm_groups(0), [true, true, false, true]),
+        ];
+        for (config, [attn, relu, norm, offset]) in cases {
+            let model = config.init::<B::InnerBackend>(device).unwrap();
+            assert_eq!(model.dyconvs.len(), config.num_layers);
+            for d in &model.dyconvs {
+                assert_eq!(d.attn_conv.is_some(), attn);
+                assert_eq!(d.relu.is_some(), relu);
+                assert_eq!(d.offset.is_some(), offset);
+                assert!(d.convs.iter().all(|c| c.bn.is_some() == norm));
+            }
+            let out = model.forward(images.clone(), ids.clone(), mask.clone()).unwrap();
+            assert_eq!(out.sizes, vec![[8, 8], [4, 4], [2, 2], [1, 1], [1, 1]]);
+            assert!(out.logits.iter().all(|l| to_vec(l.clone()).iter().all(|v| v.is_finite())));
+        }
+    }
+}
+
+backend_test! {
+    fn detached_box_outputs_leave_the_tower_to_the_alignment_loss<B>(device) {
+        let (images, ids, mask) = small_inputs::<B>(device);
+        let targets = vec![
+            GlipTarget { boxes: vec![[4.0, 6.0, 40.0, 50.0]], tokens: vec![vec![1, 2]] },
+            GlipTarget { boxes: vec![[30.0, 5.0, 60.0, 30.0]], tokens: vec![vec![3]] },
+        ];
+        // The gradient of one loss term on the last DyHead block's first convolution.
+        let tower_grad = |config: GlipConfig, term: usize| -> f32 {
+            let model = config.init::<B>(device).unwrap();
+            let out = model.forward(images.clone(), ids.clone(), mask.clone()).unwrap();
+            let losses = glip_loss(&out, mask.clone(), &targets, &GlipLossConfig::default()).unwrap();
+            let loss = [losses.token, losses.giou, losses.centerness][term].clone();
+            let grads = loss.backward();
+            let w = model.dyconvs.last().unwrap().convs[0].conv.weight.val();
+            w.grad(&grads).map_or(0.0, |g| to_vec(g.abs().sum())[0])
+        };
+        for term in 0..3 {
+            // As released, every term trains the shared tower.
+            assert!(tower_grad(GlipConfig::small(), term) > 0.0, "term {term}");
+        }
+        let detached = GlipConfig::small().with_box_gradient_to_tower(false);
+        assert!(tower_grad(detached.clone(), 0) > 0.0);
+        assert_eq!(tower_grad(detached.clone(), 1), 0.0);
+        assert_eq!(tower_grad(detached, 2), 0.0);
+    }
+}
+
+backend_test! {
     fn glip_runs_forward_and_backward<B>(device) {
         let model = GlipConfig::small().init::<B>(device).unwrap();
         let (images, ids, mask) = small_inputs::<B>(device);

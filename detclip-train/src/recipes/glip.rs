@@ -79,7 +79,7 @@ pub struct GlipModelSizes {
     pub fusion_dim: usize,
     /// X-MHA heads.
     pub fusion_heads: usize,
-    /// GroupNorm groups of the DyHead blocks.
+    /// GroupNorm groups of the DyHead blocks; 0 leaves the GroupNorms out (an ablation).
     pub norm_groups: usize,
     /// Anchor side as a multiple of the level's stride (GLIP: 8).
     pub anchor_scale: f32,
@@ -99,6 +99,17 @@ pub struct GlipModelSizes {
     /// 3×3 convolutions (an ablation).
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub deformable: bool,
+    /// Scale-aware attention in the DyHead blocks (as released); `false`: the three levels'
+    /// maps are averaged (an ablation).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub scale_attention: bool,
+    /// DyReLU in the DyHead blocks (as released); `false`: a plain ReLU (an ablation).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub dyrelu: bool,
+    /// The box and centerness losses train the shared tower (as released); `false`: only the
+    /// alignment loss does (an ablation).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub box_gradient_to_tower: bool,
 }
 
 fn yes() -> bool {
@@ -304,6 +315,9 @@ impl GlipRecipe {
                 fusion_gamma: None,
                 resnet: None,
                 deformable: true,
+                scale_attention: true,
+                dyrelu: true,
+                box_gradient_to_tower: true,
             },
             text: GlipTextConfig {
                 max_tokens: 64,
@@ -470,7 +484,10 @@ impl GlipRecipe {
             .with_norm_groups(m.norm_groups)
             .with_fusion(m.fusion)
             .with_fusion_gamma(m.fusion_gamma)
-            .with_deformable(m.deformable))
+            .with_deformable(m.deformable)
+            .with_scale_attention(m.scale_attention)
+            .with_dyrelu(m.dyrelu)
+            .with_box_gradient_to_tower(m.box_gradient_to_tower))
     }
 
     fn anchors(&self) -> AnchorGenerator {
@@ -719,7 +736,6 @@ impl Recipe for GlipRecipe {
             m.channels,
             m.fusion_dim,
             m.fusion_heads,
-            m.norm_groups,
             self.text.max_tokens,
             self.text.max_names,
         ];
@@ -730,7 +746,7 @@ impl Recipe for GlipRecipe {
         }
         if !m.bert_hidden.is_multiple_of(m.bert_heads)
             || !m.fusion_dim.is_multiple_of(m.fusion_heads)
-            || !m.channels.is_multiple_of(m.norm_groups)
+            || (m.norm_groups > 0 && !m.channels.is_multiple_of(m.norm_groups))
         {
             return Err(bad_model(
                 "bert_hidden, fusion_dim and channels must be divisible by their heads / groups"

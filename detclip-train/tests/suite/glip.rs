@@ -104,6 +104,32 @@ fn a_mode_and_its_frozen_groups_must_agree() {
 }
 
 #[test]
+fn dyhead_ablation_switches_reach_the_model_and_zero_groups_means_no_group_norm() {
+    let mut recipe = GlipRecipe::tiny();
+    // Defaults: the released block.
+    let config = recipe.glip_config().unwrap();
+    assert!(config.scale_attention && config.dyrelu && config.deformable);
+    assert!(config.norm_groups > 0);
+    recipe.model.scale_attention = false;
+    recipe.model.dyrelu = false;
+    recipe.model.norm_groups = 0;
+    assert!(recipe.validate().is_ok());
+    let config = recipe.glip_config().unwrap();
+    assert!(!config.scale_attention && !config.dyrelu && config.norm_groups == 0);
+    // The fields are left out of a config that keeps the defaults, and read back when set.
+    let json = serde_json::to_value(GlipRecipe::tiny()).unwrap();
+    assert!(
+        json["model"].get("dyrelu").is_none() && json["model"].get("scale_attention").is_none()
+    );
+    let back: GlipRecipe = serde_json::from_value(serde_json::to_value(&recipe).unwrap()).unwrap();
+    assert_eq!(back, recipe);
+    // Groups that do not divide the channels are still refused.
+    recipe.model.norm_groups = recipe.model.channels + 1;
+    let err = recipe.validate().unwrap_err().to_string();
+    assert!(err.contains("divisible"), "{err}");
+}
+
+#[test]
 fn descriptions_follow_the_name_and_spans_point_at_the_name() {
     let names = ["red ring", "blue star", "green cross"];
     let descriptions = BTreeMap::from([("red ring".to_string(), "a small red ring".to_string())]);
