@@ -86,6 +86,11 @@ pub struct GlipConfig {
     /// does box regression wash the class out of a shared tower?).
     #[config(default = true)]
     pub box_gradient_to_tower: bool,
+    /// The DyHead blocks of the tower, as released. `false` keeps the X-MHA fusion and its
+    /// BERT layers and leaves the DyHead blocks out, so each layer is
+    /// `O^{i+1} = O^i + O_t2i` (an ablation: deep fusion without the DyHead tower).
+    #[config(default = true)]
+    pub dyhead: bool,
 }
 
 impl GlipConfig {
@@ -167,7 +172,9 @@ impl GlipConfig {
             if i < fused_layers {
                 fusions.push(fusion.init(device)?);
             }
-            dyconvs.push(dyconv.init(device)?);
+            if self.dyhead {
+                dyconvs.push(dyconv.init(device)?);
+            }
         }
         let text_layers = (0..fused_layers)
             .map(|_| bert_layer(&self.bert, device))
@@ -457,7 +464,8 @@ impl<B: DetclipOps> Glip<B> {
         mut trace: Option<&mut Vec<Tensor<B, 3>>>,
     ) -> DetResult<(Vec<Tensor<B, 4>>, Tensor<B, 3>)> {
         let bias = padding_bias(mask.clone());
-        for (i, dyconv) in self.dyconvs.iter().enumerate() {
+        let layers = self.dyconvs.len().max(self.fusions.len());
+        for i in 0..layers {
             // Without fusion (GLIP-T (A)) the levels go straight to the DyHead block.
             let v = match (self.fusions.get(i), self.text_layers.get(i)) {
                 (Some(fusion), Some(text)) => {
@@ -473,7 +481,11 @@ impl<B: DetclipOps> Glip<B> {
                 }
                 _ => levels,
             };
-            levels = dyconv.forward(&v)?;
+            // Without DyHead blocks the fused levels go straight on.
+            levels = match self.dyconvs.get(i) {
+                Some(dyconv) => dyconv.forward(&v)?,
+                None => v,
+            };
         }
         Ok((levels, words))
     }

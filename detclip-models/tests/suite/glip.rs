@@ -336,6 +336,22 @@ backend_test! {
             assert_eq!(out.sizes, vec![[8, 8], [4, 4], [2, 2], [1, 1], [1, 1]]);
             assert!(out.logits.iter().all(|l| to_vec(l.clone()).iter().all(|v| v.is_finite())));
         }
+        // Fusion without DyHead blocks: every X-MHA and BERT layer stays, and the head reads
+        // the fused levels, which differ from the FPN's.
+        let config = GlipConfig::small().with_dyhead(false);
+        let model = config.init::<B::InnerBackend>(device).unwrap();
+        assert!(model.dyconvs.is_empty());
+        assert_eq!((model.fusions.len(), model.text_layers.len()), (config.num_layers, config.num_layers));
+        let levels = model.image_features(images.clone()).unwrap();
+        let stages = model.word_stages(levels.clone(), ids.clone(), mask.clone()).unwrap();
+        assert_eq!(stages.words.len(), 1 + 2 * config.num_layers);
+        assert_eq!(stages.levels.len(), levels.len());
+        for (fused, fpn) in stages.levels.iter().zip(&levels) {
+            assert_eq!(fused.dims(), fpn.dims());
+            assert!(max_abs_diff(&to_vec(fused.clone()), &to_vec(fpn.clone())) > 0.0);
+        }
+        let out = model.forward(images, ids, mask).unwrap();
+        assert!(out.logits.iter().all(|l| to_vec(l.clone()).iter().all(|v| v.is_finite())));
     }
 }
 

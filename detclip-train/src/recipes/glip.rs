@@ -110,6 +110,10 @@ pub struct GlipModelSizes {
     /// alignment loss does (an ablation).
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub box_gradient_to_tower: bool,
+    /// The DyHead blocks in the tower (as released); `false`: X-MHA fusion and its BERT
+    /// layers only (an ablation).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub dyhead: bool,
 }
 
 fn yes() -> bool {
@@ -318,6 +322,7 @@ impl GlipRecipe {
                 scale_attention: true,
                 dyrelu: true,
                 box_gradient_to_tower: true,
+                dyhead: true,
             },
             text: GlipTextConfig {
                 max_tokens: 64,
@@ -487,7 +492,8 @@ impl GlipRecipe {
             .with_deformable(m.deformable)
             .with_scale_attention(m.scale_attention)
             .with_dyrelu(m.dyrelu)
-            .with_box_gradient_to_tower(m.box_gradient_to_tower))
+            .with_box_gradient_to_tower(m.box_gradient_to_tower)
+            .with_dyhead(m.dyhead))
     }
 
     fn anchors(&self) -> AnchorGenerator {
