@@ -107,8 +107,9 @@ pub struct DyConv<B: Backend> {
 }
 
 impl DyConvConfig {
-    /// Builds the block with the released initialisation (convolutions `N(0, 0.01)`, zero
-    /// biases, the offset convolution as PyTorch's default).
+    /// Builds the block with the released initialisation: plain 3×3 convolutions and the
+    /// scale attention's 1×1 convolution `N(0, 0.01)`, modulated deformable convolutions
+    /// `U(±1/√(9·C))`, zero biases, the offset convolution as PyTorch's default.
     ///
     /// # Errors
     /// [`DetError::InvalidOption`] when the channels are not divisible by the norm groups or
@@ -127,13 +128,24 @@ impl DyConvConfig {
                 "DyReLU needs in_channels = out_channels ≥ 4, got {c} → {o}"
             )));
         }
+        // The released `DyConv.init_weights` draws every `nn.Conv2d` from N(0, 0.01). The
+        // deformable `ModulatedDeformConv` is not an `nn.Conv2d`, so it keeps its own
+        // `reset_parameters`: U(±1/√(9·C)).
+        let weight_init = if self.deformable {
+            let bound = 1.0 / ((9 * c) as f64).sqrt();
+            Initializer::Uniform {
+                min: -bound,
+                max: bound,
+            }
+        } else {
+            Initializer::Normal {
+                mean: 0.0,
+                std: 0.01,
+            }
+        };
         let conv = |stride: usize| Conv3x3Norm {
             conv: Conv3x3 {
-                weight: Initializer::Normal {
-                    mean: 0.0,
-                    std: 0.01,
-                }
-                .init([o, c, 3, 3], device),
+                weight: weight_init.init([o, c, 3, 3], device),
                 bias: Initializer::Zeros.init([o], device),
                 stride,
             },
@@ -142,12 +154,15 @@ impl DyConvConfig {
                 .map(|g| GroupNormConfig::new(g, o).init(device)),
         };
         let attn_conv = self.scale_attention.then(|| {
-            Conv2dConfig::new([c, 1], [1, 1])
+            let mut attn = Conv2dConfig::new([c, 1], [1, 1])
                 .with_initializer(Initializer::Normal {
                     mean: 0.0,
                     std: 0.01,
                 })
-                .init(device)
+                .init(device);
+            // Burn draws the bias with the weight's initializer; the released one is zero.
+            attn.bias = Some(Initializer::Zeros.init([1], device));
+            attn
         });
         let relu = self.dyrelu.then(|| DyRelu {
             squeeze: LinearConfig::new(c, c / 4).init(device),

@@ -62,6 +62,94 @@ backend_test! {
     }
 }
 
+/// Compares the gradient `key` of a `*_grad.safetensors` fixture (PyTorch layout) with ours;
+/// `transpose` for a `Linear` weight (Burn stores `[in, out]`).
+fn compare_grad<B: Backend, const D: usize>(
+    case: &str,
+    key: &str,
+    got: Option<Tensor<B, D>>,
+    io: &Fixture,
+    transpose: bool,
+) -> f32 {
+    let got = got.unwrap_or_else(|| panic!("{case} {key}: no gradient"));
+    let got = if transpose { got.swap_dims(0, 1) } else { got };
+    assert_eq!(got.dims().to_vec(), io.shape(key), "{case} {key} shape");
+    let (got, want) = (to_vec(got), io.f32s(key));
+    assert_close(&format!("{case} {key}"), &got, &want, 1e-4, 1e-4);
+    max_abs_diff(&got, &want)
+}
+
+/// `L = Σ_i <y_i, r_i>` with the fixture's seeded weights `r_i`.
+fn weighted_sum<B: Backend, const D: usize>(
+    ys: Vec<Tensor<B, D>>,
+    io: &Fixture,
+    first: usize,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    ys.into_iter()
+        .enumerate()
+        .map(|(i, y)| (y * io.tensor::<B, D>(&format!("r{}", first + i), device)).sum())
+        .reduce(|a, b| a + b)
+        .expect("at least one output")
+}
+
+backend_test! {
+    fn xmha_gradients_match_reference<B>(device) {
+        // Backward parity: every input's and every parameter's gradient of a seeded weighted
+        // sum of the outputs, against PyTorch's autograd through the same block.
+        for (case, stable) in [("glip_xmha", false), ("glip_xmha_stable", true)] {
+            let io = Fixture::load(fixtures(), &format!("{case}_io.safetensors"));
+            let gio = Fixture::load(fixtures(), &format!("{case}_grad.safetensors"));
+            let mut config = xmha_config(stable);
+            config.attention.dropout = 0.0;
+            let mut block = config.init::<B>(device).unwrap();
+            let path = fixtures().join(format!("{case}.pth"));
+            load_checkpoint(&mut block, &path, &KeyMap::new(), &LoadOptions::default())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let levels = [
+                io.tensor::<B, 4>("v0", device).require_grad(),
+                io.tensor::<B, 4>("v1", device).require_grad(),
+            ];
+            let words = io.tensor::<B, 3>("l", device).require_grad();
+            let mask = Tensor::<B, 1, Int>::from_ints(
+                io.i64s("mask").iter().map(|&m| m as i32).collect::<Vec<_>>().as_slice(),
+                device,
+            )
+            .reshape([2, 6]);
+            let (v, l) = block.forward_levels(&levels, words.clone(), Some(mask)).unwrap();
+            let loss = weighted_sum(v, &gio, 0, device) + weighted_sum(vec![l], &gio, 2, device);
+            let grads = loss.backward();
+            let mut worst = 0.0f32;
+            for (i, x) in levels.iter().enumerate() {
+                worst = worst.max(compare_grad(case, &format!("gx{i}"), x.grad(&grads), &gio, false));
+            }
+            worst = worst.max(compare_grad(case, "gx2", words.grad(&grads), &gio, false));
+            let a = &block.attn;
+            for (name, linear) in [
+                ("v_proj", &a.v_proj),
+                ("l_proj", &a.l_proj),
+                ("values_v_proj", &a.values_v_proj),
+                ("values_l_proj", &a.values_l_proj),
+                ("out_v_proj", &a.out_v_proj),
+                ("out_l_proj", &a.out_l_proj),
+            ] {
+                let key = format!("g.attn.{name}");
+                worst = worst.max(compare_grad(case, &format!("{key}.weight"), linear.weight.grad(&grads), &gio, true));
+                let bias = linear.bias.as_ref().expect("X-MHA projections have biases");
+                worst = worst.max(compare_grad(case, &format!("{key}.bias"), bias.grad(&grads), &gio, false));
+            }
+            for (name, norm) in [("layer_norm_v", &block.layer_norm_v), ("layer_norm_l", &block.layer_norm_l)] {
+                worst = worst.max(compare_grad(case, &format!("g.{name}.weight"), norm.gamma.grad(&grads), &gio, false));
+                let beta = norm.beta.as_ref().expect("LayerNorm has a bias");
+                worst = worst.max(compare_grad(case, &format!("g.{name}.bias"), beta.grad(&grads), &gio, false));
+            }
+            worst = worst.max(compare_grad(case, "g.gamma_v", block.gamma_v.grad(&grads), &gio, false));
+            worst = worst.max(compare_grad(case, "g.gamma_l", block.gamma_l.grad(&grads), &gio, false));
+            println!("{case} gradients: max |diff| = {worst:e}");
+        }
+    }
+}
+
 backend_test! {
     fn xmha_masks_padding_words<B>(device) {
         // Padding words must not change the image side; the word side of real words only
@@ -119,6 +207,52 @@ backend_test! {
 }
 
 backend_test! {
+    fn dyconv_gradients_match_reference<B>(device) {
+        // Backward parity of the whole block: deformable convolutions (our kernel's backward),
+        // GroupNorm, the level mixing (bilinear upsampling, stride 2), the scale attention
+        // and DyReLU, against PyTorch's autograd with torchvision's deform_conv2d.
+        for (case, levels) in [("glip_dyconv", 3), ("glip_dyconv_odd", 4)] {
+            let io = Fixture::load(fixtures(), &format!("{case}_io.safetensors"));
+            let gio = Fixture::load(fixtures(), &format!("{case}_grad.safetensors"));
+            let mut block = DyConvConfig::new(8, 8).with_norm_groups(Some(4)).init::<B>(device).unwrap();
+            let path = fixtures().join(format!("{case}.pth"));
+            load_checkpoint(&mut block, &path, &fusion_block_keys(), &LoadOptions::default())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let xs: Vec<Tensor<B, 4>> = (0..levels)
+                .map(|i| io.tensor::<B, 4>(&format!("x{i}"), device).require_grad())
+                .collect();
+            let loss = weighted_sum(block.forward(&xs).unwrap(), &gio, 0, device);
+            let grads = loss.backward();
+            let mut worst = 0.0f32;
+            for (i, x) in xs.iter().enumerate() {
+                worst = worst.max(compare_grad(case, &format!("gx{i}"), x.grad(&grads), &gio, false));
+            }
+            for (k, conv) in block.convs.iter().enumerate() {
+                let key = format!("g.DyConv.{k}");
+                worst = worst.max(compare_grad(case, &format!("{key}.conv.weight"), conv.conv.weight.grad(&grads), &gio, false));
+                worst = worst.max(compare_grad(case, &format!("{key}.conv.bias"), conv.conv.bias.grad(&grads), &gio, false));
+                let norm = conv.bn.as_ref().expect("GroupNorm");
+                let (gamma, beta) = (norm.gamma.as_ref().unwrap(), norm.beta.as_ref().unwrap());
+                worst = worst.max(compare_grad(case, &format!("{key}.bn.weight"), gamma.grad(&grads), &gio, false));
+                worst = worst.max(compare_grad(case, &format!("{key}.bn.bias"), beta.grad(&grads), &gio, false));
+            }
+            let attn = block.attn_conv.as_ref().unwrap();
+            worst = worst.max(compare_grad(case, "g.AttnConv.1.weight", attn.weight.grad(&grads), &gio, false));
+            worst = worst.max(compare_grad(case, "g.AttnConv.1.bias", attn.bias.as_ref().unwrap().grad(&grads), &gio, false));
+            let offset = block.offset.as_ref().unwrap();
+            worst = worst.max(compare_grad(case, "g.offset.weight", offset.weight.grad(&grads), &gio, false));
+            worst = worst.max(compare_grad(case, "g.offset.bias", offset.bias.as_ref().unwrap().grad(&grads), &gio, false));
+            let relu = block.relu.as_ref().unwrap();
+            for (name, linear) in [("fc.0", &relu.squeeze), ("fc.2", &relu.expand)] {
+                worst = worst.max(compare_grad(case, &format!("g.relu.{name}.weight"), linear.weight.grad(&grads), &gio, true));
+                worst = worst.max(compare_grad(case, &format!("g.relu.{name}.bias"), linear.bias.as_ref().unwrap().grad(&grads), &gio, false));
+            }
+            println!("{case} gradients: max |diff| = {worst:e}");
+        }
+    }
+}
+
+backend_test! {
     fn dyconv_refuses_bad_pyramids<B>(device) {
         let block = DyConvConfig::new(8, 8).with_norm_groups(Some(4)).init::<B>(device).unwrap();
         let a = Tensor::<B, 4>::zeros([1, 8, 8, 8], device);
@@ -128,6 +262,48 @@ backend_test! {
         let err = block.forward(&[a, Tensor::zeros([1, 7, 4, 4], device)]).unwrap_err();
         assert!(matches!(err, DetError::Shape { what: "pyramid level", .. }), "{err}");
         assert!(DyConvConfig::new(8, 8).with_norm_groups(Some(3)).init::<B>(device).is_err());
+    }
+}
+
+backend_test! {
+    fn dyconv_starts_from_the_released_initialisation<B>(device) {
+        // `DyConv.init_weights` draws every `nn.Conv2d` from N(0, 0.01) with zero biases; the
+        // deformable `ModulatedDeformConv` keeps its `reset_parameters`, U(±1/√(9·C)).
+        let c = 32;
+        let stats = |t: Tensor<B, 4>| {
+            let v = t.into_data().to_vec::<f32>().unwrap();
+            let n = v.len() as f32;
+            let mean = v.iter().sum::<f32>() / n;
+            let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n).sqrt();
+            let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            (std, max)
+        };
+        let bound = 1.0 / ((9 * c) as f32).sqrt();
+        for deformable in [true, false] {
+            let block = DyConvConfig::new(c, c)
+                .with_norm_groups(Some(8))
+                .with_deformable(deformable)
+                .init::<B>(device)
+                .unwrap();
+            for conv in &block.convs {
+                let (std, max) = stats(conv.conv.weight.val());
+                if deformable {
+                    assert!(max <= bound, "{max} > {bound}");
+                    let expected = bound / 3f32.sqrt();
+                    assert!((std / expected - 1.0).abs() < 0.1, "std {std}, U(±{bound}) has {expected}");
+                } else {
+                    assert!((std / 0.01 - 1.0).abs() < 0.1, "std {std}, expected 0.01");
+                }
+                let bias = conv.conv.bias.val().abs().max().into_scalar().elem::<f32>();
+                assert_eq!(bias, 0.0);
+            }
+            let attn = block.attn_conv.as_ref().unwrap();
+            let (std, _) = stats(attn.weight.val());
+            assert!((std / 0.01 - 1.0).abs() < 0.35, "attention std {std}");
+            let bias = attn.bias.as_ref().unwrap().val().abs().max().into_scalar().elem::<f32>();
+            assert_eq!(bias, 0.0);
+            assert_eq!(block.offset.is_some(), deformable);
+        }
     }
 }
 
