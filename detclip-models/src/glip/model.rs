@@ -91,6 +91,11 @@ pub struct GlipConfig {
     /// `O^{i+1} = O^i + O_t2i` (an ablation: deep fusion without the DyHead tower).
     #[config(default = true)]
     pub dyhead: bool,
+    /// X-MHA adds its image update to the LayerNorm-ed image features, as released
+    /// (`BiAttentionBlock`); `false` adds it to the incoming features, so nothing normalises
+    /// the image path between the FPN and the head when `dyhead` is also off (an ablation).
+    #[config(default = true)]
+    pub fusion_image_norm: bool,
 }
 
 impl GlipConfig {
@@ -159,7 +164,8 @@ impl GlipConfig {
         .with_init_gamma(
             self.fusion_gamma
                 .unwrap_or(1.0 / self.num_layers.max(1) as f64),
-        );
+        )
+        .with_norm_image_residual(self.fusion_image_norm);
         let fused_layers = if self.fusion { self.num_layers } else { 0 };
         let dyconv = DyConvConfig::new(self.channels, self.channels)
             .with_norm_groups((self.norm_groups > 0).then_some(self.norm_groups))

@@ -201,6 +201,12 @@ pub struct XMhaFusionConfig {
     /// LayerNorm epsilon (PyTorch's default).
     #[config(default = 1e-5)]
     pub norm_eps: f64,
+    /// Whether the image update is added to the LayerNorm-ed image features, as released
+    /// (`v' = LN(v) + γ·Δv`). `false` adds it to the features as they came in
+    /// (`v' = v + γ·Δv`; the attention still reads `LN(v)`), so no normalisation sits on
+    /// the image path (an ablation). The word side is unchanged.
+    #[config(default = true)]
+    pub norm_image_residual: bool,
 }
 
 /// One X-MHA fusion block (`BiAttentionBlockForCheckpoint` with one joint attention over all
@@ -217,6 +223,7 @@ pub struct XMhaFusion<B: Backend> {
     pub gamma_v: Param<Tensor<B, 1>>,
     /// Layer scale of the word update, `[l_dim]`.
     pub gamma_l: Param<Tensor<B, 1>>,
+    norm_image_residual: bool,
 }
 
 impl XMhaFusionConfig {
@@ -238,13 +245,15 @@ impl XMhaFusionConfig {
             attn: a.init(device)?,
             gamma_v: gamma(a.v_dim),
             gamma_l: gamma(a.l_dim),
+            norm_image_residual: self.norm_image_residual,
         })
     }
 }
 
 impl<B: Backend> XMhaFusion<B> {
     /// Fuses flattened image positions with words:
-    /// `v' = LN(v) + γ_v ⊙ Δv`, `l' = LN(l) + γ_l ⊙ Δl`.
+    /// `v' = LN(v) + γ_v ⊙ Δv`, `l' = LN(l) + γ_l ⊙ Δl` (with `norm_image_residual` off,
+    /// `v' = v + γ_v ⊙ Δv`).
     ///
     /// # Shapes
     /// - `v`: `[N, S, v_dim]`, `l`: `[N, T, l_dim]`, `mask`: `[N, T]` (1 word, 0 padding)
@@ -258,11 +267,12 @@ impl<B: Backend> XMhaFusion<B> {
         mask: Option<Tensor<B, 2, Int>>,
     ) -> DetResult<(Tensor<B, 3>, Tensor<B, 3>)> {
         self.check(&v.dims(), &l.dims(), mask.as_ref().map(|m| m.dims()))?;
-        let v = self.layer_norm_v.forward(v);
+        let v_norm = self.layer_norm_v.forward(v.clone());
         let l = self.layer_norm_l.forward(l);
-        let (dv, dl) = self.attn.forward(v.clone(), l.clone(), mask);
+        let (dv, dl) = self.attn.forward(v_norm.clone(), l.clone(), mask);
         let gv = self.gamma_v.val().reshape([1, 1, -1]);
         let gl = self.gamma_l.val().reshape([1, 1, -1]);
+        let v = if self.norm_image_residual { v_norm } else { v };
         Ok((v + dv * gv, l + dl * gl))
     }
 

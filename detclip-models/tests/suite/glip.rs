@@ -170,6 +170,43 @@ backend_test! {
 }
 
 backend_test! {
+    fn xmha_image_residual_is_normalised_only_as_released<B>(device) {
+        // With zero layer scales the block returns its residual path: LN(v) as released,
+        // the incoming v with `norm_image_residual: false`; the words are LN(l) either way.
+        let v = Tensor::<B::InnerBackend, 3>::random([1, 5, 16], burn::tensor::Distribution::Normal(2.0, 3.0), device);
+        let l = Tensor::<B::InnerBackend, 3>::random([1, 4, 12], burn::tensor::Distribution::Normal(1.0, 2.0), device);
+        let released = xmha_config(false).with_init_gamma(0.0).init::<B::InnerBackend>(device).unwrap();
+        let plain = xmha_config(false)
+            .with_init_gamma(0.0)
+            .with_norm_image_residual(false)
+            .init::<B::InnerBackend>(device)
+            .unwrap();
+        let (v_released, l_released) = released.forward(v.clone(), l.clone(), None).unwrap();
+        let (v_plain, l_plain) = plain.forward(v.clone(), l.clone(), None).unwrap();
+        let normed = released.layer_norm_v.forward(v.clone());
+        assert!(max_abs_diff(&to_vec(v_released), &to_vec(normed)) < 1e-5);
+        assert!(max_abs_diff(&to_vec(v_plain), &to_vec(v.clone())) < 1e-6);
+        assert!(max_abs_diff(&to_vec(l_released), &to_vec(l_plain)) < 1e-6);
+        // With a layer scale the image update itself is the same in both (it reads LN(v)).
+        let released = xmha_config(false).with_init_gamma(0.5).init::<B::InnerBackend>(device).unwrap();
+        let mut plain = xmha_config(false)
+            .with_init_gamma(0.5)
+            .with_norm_image_residual(false)
+            .init::<B::InnerBackend>(device)
+            .unwrap();
+        // Run the released block first: Burn initialises parameters lazily, and cloning an
+        // uninitialised one would draw new weights.
+        let (v_released, _) = released.forward(v.clone(), l.clone(), None).unwrap();
+        plain.attn = released.attn.clone();
+        let (v_plain, _) = plain.forward(v.clone(), l, None).unwrap();
+        let update_released = v_released - released.layer_norm_v.forward(v.clone());
+        let update_plain = v_plain - v;
+        let d = max_abs_diff(&to_vec(update_released), &to_vec(update_plain));
+        assert!(d < 1e-5, "{d}");
+    }
+}
+
+backend_test! {
     fn xmha_refuses_bad_shapes<B>(device) {
         let block = xmha_config(false).init::<B>(device).unwrap();
         let v = Tensor::<B, 3>::zeros([2, 5, 16], device);

@@ -114,6 +114,10 @@ pub struct GlipModelSizes {
     /// layers only (an ablation).
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub dyhead: bool,
+    /// X-MHA adds its image update to the LayerNorm-ed features (as released); `false`: to
+    /// the incoming features (an ablation).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub fusion_image_norm: bool,
 }
 
 fn yes() -> bool {
@@ -323,6 +327,7 @@ impl GlipRecipe {
                 dyrelu: true,
                 box_gradient_to_tower: true,
                 dyhead: true,
+                fusion_image_norm: true,
             },
             text: GlipTextConfig {
                 max_tokens: 64,
@@ -493,7 +498,8 @@ impl GlipRecipe {
             .with_scale_attention(m.scale_attention)
             .with_dyrelu(m.dyrelu)
             .with_box_gradient_to_tower(m.box_gradient_to_tower)
-            .with_dyhead(m.dyhead))
+            .with_dyhead(m.dyhead)
+            .with_fusion_image_norm(m.fusion_image_norm))
     }
 
     fn anchors(&self) -> AnchorGenerator {

@@ -109,18 +109,20 @@ fn dyhead_ablation_switches_reach_the_model_and_zero_groups_means_no_group_norm(
     // Defaults: the released block.
     let config = recipe.glip_config().unwrap();
     assert!(config.scale_attention && config.dyrelu && config.deformable);
-    assert!(config.norm_groups > 0);
+    assert!(config.norm_groups > 0 && config.fusion_image_norm);
     recipe.model.scale_attention = false;
     recipe.model.dyrelu = false;
     recipe.model.norm_groups = 0;
+    recipe.model.fusion_image_norm = false;
     assert!(recipe.validate().is_ok());
     let config = recipe.glip_config().unwrap();
     assert!(!config.scale_attention && !config.dyrelu && config.norm_groups == 0);
+    assert!(!config.fusion_image_norm);
     // The fields are left out of a config that keeps the defaults, and read back when set.
     let json = serde_json::to_value(GlipRecipe::tiny()).unwrap();
-    assert!(
-        json["model"].get("dyrelu").is_none() && json["model"].get("scale_attention").is_none()
-    );
+    for field in ["dyrelu", "scale_attention", "fusion_image_norm"] {
+        assert!(json["model"].get(field).is_none(), "{field}");
+    }
     let back: GlipRecipe = serde_json::from_value(serde_json::to_value(&recipe).unwrap()).unwrap();
     assert_eq!(back, recipe);
     // Groups that do not divide the channels are still refused.
