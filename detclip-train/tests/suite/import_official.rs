@@ -15,7 +15,7 @@ use detclip_train::learner::{Checkpoint, RunFiles, RunOptions, load_trained, tra
 use detclip_train::recipe::Recipe;
 use detclip_train::recipes::{GlipRecipe, RegionSpotRecipe, ShapesRecipe};
 
-use crate::harness::{init_lock, locked, max_abs_diff, scratch, to_vec};
+use crate::harness::{init_lock, locked, materialised, max_abs_diff, scratch, to_vec};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -36,15 +36,18 @@ backend_test! {
 
         let (_, imported) =
             locked(|| load_trained::<GlipRecipe, B::InnerBackend>(&path, device)).unwrap();
-        let mut direct = locked(|| recipe.glip_config().unwrap().init::<B::InnerBackend>(device)).unwrap();
+        let mut direct =
+            locked(|| recipe.glip_config().unwrap().init::<B::InnerBackend>(device).map(materialised)).unwrap();
         let options = LoadOptions { top_level_key: Some("model".into()), ..Default::default() };
         load_checkpoint(&mut direct, &official, &glip_keys(recipe.model.num_layers), &options).unwrap();
 
-        let images = Tensor::<B::InnerBackend, 4>::random(
-            [2, 3, 64, 64],
-            burn::tensor::Distribution::Normal(0.0, 1.0),
-            device,
-        );
+        let images = locked(|| {
+            Tensor::<B::InnerBackend, 4>::random(
+                [2, 3, 64, 64],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                device,
+            )
+        });
         let ids = Tensor::<B::InnerBackend, 2, Int>::from_ints(
             [[2, 40, 41, 3, 60, 4, 0], [2, 70, 100, 120, 130, 3, 4]],
             device,
@@ -120,7 +123,8 @@ backend_test! {
     })
     .unwrap();
     let (_, imported) = locked(|| load_trained::<GlipRecipe, B::InnerBackend>(&path, device)).unwrap();
-    let mut direct = recipe.glip_config().unwrap().init::<B::InnerBackend>(device).unwrap();
+    let mut direct =
+        locked(|| recipe.glip_config().unwrap().init::<B::InnerBackend>(device).map(materialised)).unwrap();
     let options = LoadOptions { top_level_key: Some("model".into()), ..Default::default() };
     load_checkpoint(&mut direct, &fixture("glip_tiny_official.pth"), &glip_keys(recipe.model.num_layers), &options)
         .unwrap();

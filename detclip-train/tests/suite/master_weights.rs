@@ -15,7 +15,7 @@ use detclip_train::learner::{
 };
 use detclip_train::recipes::ShapesRecipe;
 
-use crate::harness::{floats, init_lock, locked, quiet, scratch};
+use crate::harness::{floats, init_lock, locked, materialised, quiet, scratch};
 
 fn checkpoint_floats<B: Backend>(out: &std::path::Path, device: &B::Device) -> Vec<f32> {
     let (_, model) =
@@ -181,8 +181,12 @@ impl<B: Backend> Net<B> {
 
 backend_test! {
     fn master_steps_copy_only_trained_weights_and_checkpoints_take_running_statistics<B>(device) {
-        let compute = Net::<B>::new(device);
-        let master = copy_params::<B, B, _, _>(&compute, Net::<B>::new(device), device).unwrap();
+        let (compute, master) = locked(|| {
+            let compute = materialised(Net::<B>::new(device));
+            let master = materialised(Net::<B>::new(device));
+            (compute, master)
+        });
+        let master = copy_params::<B, B, _, _>(&compute, master, device).unwrap();
         let before = floats(&master);
         let initial_stats = {
             let v = master.norm.running_mean.value_sync().into_data().convert::<f32>();

@@ -8,7 +8,7 @@ use detclip_models::vild::VildConfig;
 use detclip_train::data::SyntheticConfig;
 use detclip_train::vild::{PrecomputeOptions, crop_window, load_teachers, precompute, shard_path};
 
-use crate::harness::{locked, scratch};
+use crate::harness::{locked, materialised, scratch};
 
 #[test]
 fn crop_windows_scale_around_the_centre_and_stay_inside() {
@@ -35,7 +35,7 @@ backend_test! {
     fn vild_precompute_resumes_without_losing_or_duplicating_proposals<B>(device) {
         type I<B> = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
         let (detector, clip) = locked(|| {
-            let detector = VildConfig::tiny(16).init::<I<B>>(device).unwrap();
+            let detector = materialised(VildConfig::tiny(16).init::<I<B>>(device).unwrap());
             let clip = ClipVisionConfig::new()
                 .with_image_size(32)
                 .with_patch_size(8)
@@ -45,7 +45,7 @@ backend_test! {
                 .with_mlp_width(64)
                 .with_embed_dim(16)
                 .init::<I<B>>(device);
-            (detector, clip)
+            (detector, materialised(clip))
         });
         let samples = SyntheticConfig::new(3, 5, (64, 96), (3, 12), SourceKind::Detection)
         .samples(Split::Train)

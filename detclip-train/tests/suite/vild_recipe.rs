@@ -18,7 +18,7 @@ use detclip_train::recipes::vild::VildModel;
 use detclip_train::recipes::vild::{VildClip, VildDetectorSize};
 use detclip_train::vild::{PrecomputeOptions, load_teachers, precompute};
 
-use crate::harness::{Fixture, floats, init_lock, locked, quiet, scratch};
+use crate::harness::{Fixture, floats, init_lock, locked, materialised, quiet, scratch};
 
 fn mean(s: &[f64]) -> f64 {
     s.iter().sum::<f64>() / s.len() as f64
@@ -123,7 +123,7 @@ backend_test! {
             let _g = init_lock();
             let model = init_model::<_, B>(&recipe, device).unwrap();
             B::seed(device, 99);
-            let other = recipe.clip_config().unwrap().init::<B>(device).vision;
+            let other = materialised(recipe.clip_config().unwrap().init::<B>(device).vision);
             (model, other)
         };
         recipe.loss.image_weight = 0.0;
