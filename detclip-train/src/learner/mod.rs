@@ -823,16 +823,22 @@ pub fn start_model<R: Recipe, B: DetclipAutodiffBackend>(
 /// in which a forward pass touches them — and anything else drawing from the backend's
 /// generator in between — would decide their values.)
 pub fn init_model<R: Recipe, B: Backend>(recipe: &R, device: &B::Device) -> Result<R::Model<B>> {
+    B::seed(device, recipe.learner().seed);
+    Ok(materialised(recipe.build::<B>(device)?))
+}
+
+/// `m` with every parameter drawn now, in module order. Burn initialises parameters lazily,
+/// on first use, from the backend's global generator: a module used later would draw then,
+/// after whatever else drew in between.
+pub fn materialised<B: Backend, M: Module<B>>(m: M) -> M {
     struct Touch;
     impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
         fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
             let _ = p.val();
         }
     }
-    B::seed(device, recipe.learner().seed);
-    let model = recipe.build::<B>(device)?;
-    model.visit(&mut Touch);
-    Ok(model)
+    m.visit(&mut Touch);
+    m
 }
 
 /// COCO AP of a model on an evaluation set (all, seen and held-out concepts).

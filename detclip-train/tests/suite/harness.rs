@@ -32,19 +32,10 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// `m` with every parameter drawn now. Burn initialises parameters lazily, on first use: a
-/// module built under [`init_lock`] but used after it would draw from the backend's global
-/// generator outside the lock, in the middle of another test's seeded build.
-pub fn materialised<B: Backend, M: Module<B>>(m: M) -> M {
-    struct Touch;
-    impl<B: Backend> ModuleVisitor<B> for Touch {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-            let _ = p.val();
-        }
-    }
-    m.visit(&mut Touch);
-    m
-}
+/// A module built under [`init_lock`] must be materialised inside it: Burn draws lazily
+/// initialised parameters at first use, which would fall outside the lock, in the middle of
+/// another test's seeded build.
+pub use detclip_train::learner::materialised;
 
 /// Every float of a module, in visiting order.
 pub struct Collect(pub Vec<f32>);
