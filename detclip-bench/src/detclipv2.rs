@@ -22,7 +22,8 @@ use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_models::align::{
     Aggregation, cross_scores, image_caption_similarity, text_to_image_contrastive,
 };
-use detclip_models::detclipv2::{ConceptCache, DetClipV2, DetClipV2Config, l2_normalize};
+use detclip_models::detclipv2::{ConceptCache, DetClipV2, DetClipV2Config};
+use detclip_models::layers::l2_normalize_eps;
 
 use crate::common::{feature_flag, machine, median};
 
@@ -209,10 +210,10 @@ fn memory<B: DetclipAutodiffBackend>(
 ) -> Result<Memory, String> {
     let (b, m, k, d) = (args.batch, args.concepts, args.proposals, args.dim);
     let normal = Distribution::Normal(0.0, 1.0);
-    let captions = l2_normalize(Tensor::<B, 3>::random([b, m, d], normal, device))
+    let captions = l2_normalize_eps(Tensor::<B, 3>::random([b, m, d], normal, device), 1e-6)
         .detach()
         .require_grad();
-    let proposals = l2_normalize(Tensor::<B, 3>::random([b, k, d], normal, device))
+    let proposals = l2_normalize_eps(Tensor::<B, 3>::random([b, k, d], normal, device), 1e-6)
         .detach()
         .require_grad();
     let cmask = Tensor::<B, 2>::ones([b, m], device);

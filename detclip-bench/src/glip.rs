@@ -22,7 +22,7 @@ use burn::tensor::TensorData;
 use detclip_core::backend::{BackendTask, DeviceSpec, run_on};
 use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_models::glip::{
-    Glip, GlipConfig, GlipInferenceConfig, GlipLossConfig, GlipTarget, PhraseTokens, glip_detect,
+    Glip, GlipConfig, GlipLossConfig, GlipTarget, GlipTestConfig, PhraseTokens, glip_detect,
     glip_loss,
 };
 
@@ -151,15 +151,22 @@ impl Task {
     ) -> Result<(), String> {
         let mut rng = Rng(7);
         let img = image::<B>(self.args_h, self.args_w, &mut rng, device);
-        let config = GlipInferenceConfig::default();
+        let config = GlipTestConfig::default();
+        let geometry = GlipConfig::glip_t().geometry();
         // 80 classes: 2 tokens and a separator each (241 of 256 tokens).
         let (ids, mask, phrases) = prompt::<B>(0..COCO_CLASSES, 2, &mut rng, device);
         let coco = || -> Result<usize, String> {
             let out = model
                 .forward(img.clone(), ids.clone(), mask.clone())
                 .map_err(err)?;
-            let dets =
-                glip_detect(&out, std::slice::from_ref(&phrases), &[0], &config).map_err(err)?;
+            let dets = glip_detect(
+                &out,
+                std::slice::from_ref(&phrases),
+                &[0],
+                &config,
+                &geometry,
+            )
+            .map_err(err)?;
             Ok(dets[0].scores.len())
         };
         if self.warmup {
@@ -192,7 +199,7 @@ impl Task {
             let out = model
                 .forward_features(levels.clone(), ids, mask, None)
                 .map_err(err)?;
-            let dets = glip_detect(&out, &[phrases], &[0], &config).map_err(err)?;
+            let dets = glip_detect(&out, &[phrases], &[0], &config, &geometry).map_err(err)?;
             B::sync(device).map_err(|e| format!("{e:?}"))?;
             m.lvis_chunk_ms.push(ms_since(t));
             m.lvis_detections += dets[0].scores.len();
@@ -229,7 +236,14 @@ impl Task {
         eprintln!("glip: training step at {h}×{w}…");
         let t = Instant::now();
         let out = model.forward(img, ids, mask.clone()).map_err(err)?;
-        let losses = glip_loss(&out, mask, &[target], &GlipLossConfig::default()).map_err(err)?;
+        let losses = glip_loss(
+            &out,
+            mask,
+            &[target],
+            &GlipLossConfig::default(),
+            &GlipConfig::glip_t().geometry(),
+        )
+        .map_err(err)?;
         let total = losses.total();
         let grads = GradientsParams::from_grads(total.backward(), &model);
         let model = optim.step(1e-4, model, grads);

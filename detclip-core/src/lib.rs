@@ -11,11 +11,13 @@
 //! - [`eval`]: COCO / LVIS box AP, grounding recall, ODinW
 //! - [`testing`]: what the test suites of every detclip crate share (backend from
 //!   `DETCLIP_BACKEND`, `backend_test!`, fixtures, tolerances)
+//! - [`check`]: every op on a chosen device against the CPU reference (`detclip check`)
 //! - [`backend`]: the one place that maps `--device cpu|wgpu[:N]|cuda[:N]|auto` to a backend
 #![warn(missing_docs)]
 
 pub mod assign;
 pub mod backend;
+pub mod check;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -22,6 +22,10 @@
 //! - [`align`]: word–region alignment for image-text pairs (DetCLIPv2): region–concept
 //!   scores, max and soft-max region aggregation, the text-to-image contrastive loss,
 //!   proposal selection
+//! - [`dense`]: the detections of an image and the post-processing the dense one-stage heads
+//!   share
+//! - [`shapes`]: the `shapes` detector, a small open-vocabulary detector for the synthetic
+//!   world (the learner's test model and `detclip demo`'s)
 //! - [`tokenizer`]: HF `tokenizer.json` tokenizers (BERT WordPiece, CLIP BPE) with padding,
 //!   truncation and character-span ↔ token maps
 #![warn(missing_docs)]
@@ -30,6 +34,7 @@ pub mod align;
 mod attention;
 pub mod bert;
 pub mod clip;
+pub mod dense;
 pub mod detclipv2;
 pub mod fpn;
 pub mod glip;
@@ -38,6 +43,7 @@ pub mod layers;
 pub mod regionspot;
 pub mod resnet;
 pub mod sam;
+pub mod shapes;
 pub mod swin;
 pub mod tokenizer;
 pub mod vild;

@@ -11,6 +11,7 @@
 use burn::backend::NdArray;
 use detclip_train::evaluate::{EvalSet, predict};
 use detclip_train::learner::load_trained;
+use detclip_train::recipe::Recipe;
 use detclip_train::recipes::GlipRecipe;
 
 fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
@@ -41,7 +42,8 @@ fn main() {
     if reverse {
         vocabulary.reverse();
     }
-    let dets = predict(&recipe, &model, samples, &vocabulary, 0.05, 4, &device).unwrap();
+    let cx = recipe.context().unwrap();
+    let dets = predict(&recipe, &cx, &model, samples, &vocabulary, 0.05, 4, &device).unwrap();
     let v = &vocabulary;
     let k = v.len();
     // For each GT: the label of the top-scoring detection with IoU >= 0.5.

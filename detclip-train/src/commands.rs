@@ -39,62 +39,97 @@ pub enum AnyRecipe {
     Vild(VildRecipe),
 }
 
-/// The recipe names `--recipe` accepts.
-pub const RECIPES: [&str; 5] = [
-    ShapesRecipe::NAME,
-    RegionSpotRecipe::NAME,
-    DetClipV2Recipe::NAME,
-    GlipRecipe::NAME,
-    VildRecipe::NAME,
-];
+/// `$body` with `$r` bound to the recipe inside `$any` (an `AnyRecipe` or a reference to one),
+/// whatever its kind: the one match over the recipes. Adding a recipe adds a variant above,
+/// an arm here and its preset in [`AnyRecipe::presets`].
+macro_rules! with_recipe {
+    ($any:expr, $r:ident => $body:expr) => {
+        match $any {
+            AnyRecipe::Shapes($r) => $body,
+            AnyRecipe::RegionSpot($r) => $body,
+            AnyRecipe::DetClipV2($r) => $body,
+            AnyRecipe::Glip($r) => $body,
+            AnyRecipe::Vild($r) => $body,
+        }
+    };
+}
 
 impl AnyRecipe {
-    /// The recipe `name` with its default preset, or the config read from `config`.
-    pub fn load(name: &str, config: Option<&Path>) -> Result<Self> {
-        match name {
-            n if n == ShapesRecipe::NAME => Ok(AnyRecipe::Shapes(match config {
-                Some(p) => read_config(p)?,
-                None => ShapesRecipe::demo(),
-            })),
-            n if n == RegionSpotRecipe::NAME => Ok(AnyRecipe::RegionSpot(match config {
-                Some(p) => read_config(p)?,
-                None => RegionSpotRecipe::synthetic(),
-            })),
-            n if n == DetClipV2Recipe::NAME => Ok(AnyRecipe::DetClipV2(match config {
-                Some(p) => read_config(p)?,
-                None => DetClipV2Recipe::synthetic(),
-            })),
-            n if n == GlipRecipe::NAME => Ok(AnyRecipe::Glip(match config {
-                Some(p) => read_config(p)?,
-                None => GlipRecipe::synthetic(),
-            })),
-            n if n == VildRecipe::NAME => Ok(AnyRecipe::Vild(match config {
-                Some(p) => read_config(p)?,
-                None => VildRecipe::synthetic(),
-            })),
-            _ => Err(DetError::InvalidOption {
+    /// Every recipe's default preset (what `--recipe NAME` trains without `--config`).
+    pub fn presets() -> Vec<AnyRecipe> {
+        vec![
+            AnyRecipe::Shapes(ShapesRecipe::demo()),
+            AnyRecipe::RegionSpot(RegionSpotRecipe::synthetic()),
+            AnyRecipe::DetClipV2(DetClipV2Recipe::synthetic()),
+            AnyRecipe::Glip(GlipRecipe::synthetic()),
+            AnyRecipe::Vild(VildRecipe::synthetic()),
+        ]
+    }
+
+    /// The recipe's name ([`Recipe::NAME`]).
+    pub fn name(&self) -> &'static str {
+        fn name_of<R: Recipe>(_: &R) -> &'static str {
+            R::NAME
+        }
+        with_recipe!(self, r => name_of(r))
+    }
+
+    /// The names `--recipe` accepts.
+    pub fn names() -> Vec<&'static str> {
+        Self::presets().iter().map(AnyRecipe::name).collect()
+    }
+
+    /// The default preset of the recipe called `name`.
+    ///
+    /// # Errors
+    /// [`DetError::InvalidOption`] listing the known names.
+    pub fn preset(name: &str) -> Result<Self> {
+        Self::presets()
+            .into_iter()
+            .find(|r| r.name() == name)
+            .ok_or_else(|| DetError::InvalidOption {
                 op: "train",
                 why: format!(
                     "unknown recipe `{name}`; this build has: {}",
-                    RECIPES.join(", ")
+                    Self::names().join(", ")
                 ),
-            }),
+            })
+    }
+
+    /// The recipe `name` with its default preset, or the config read from `config`.
+    pub fn load(name: &str, config: Option<&Path>) -> Result<Self> {
+        fn read_as<R: Recipe>(_: &R, path: &Path) -> Result<R> {
+            read_config(path)
         }
+        let preset = Self::preset(name)?;
+        match config {
+            None => Ok(preset),
+            Some(p) => Ok(with_recipe!(&preset, r => read_as(r, p)?.into())),
+        }
+    }
+
+    /// This recipe with its data block replaced (`detclip train --data FILE`).
+    pub fn with_data(self, data: crate::data::DataConfig) -> Result<Self> {
+        Ok(with_recipe!(self, r => r.with_data(data)?.into()))
     }
 }
 
-impl AnyRecipe {
-    /// This recipe with its data block replaced (`detclip train --data FILE`).
-    pub fn with_data(self, data: crate::data::DataConfig) -> Result<Self> {
-        Ok(match self {
-            AnyRecipe::Shapes(r) => AnyRecipe::Shapes(r.with_data(data)?),
-            AnyRecipe::RegionSpot(r) => AnyRecipe::RegionSpot(r.with_data(data)?),
-            AnyRecipe::DetClipV2(r) => AnyRecipe::DetClipV2(r.with_data(data)?),
-            AnyRecipe::Glip(r) => AnyRecipe::Glip(r.with_data(data)?),
-            AnyRecipe::Vild(r) => AnyRecipe::Vild(r.with_data(data)?),
-        })
-    }
+macro_rules! from_recipe {
+    ($($variant:ident($ty:ty)),*) => {
+        $(impl From<$ty> for AnyRecipe {
+            fn from(r: $ty) -> Self {
+                AnyRecipe::$variant(r)
+            }
+        })*
+    };
 }
+from_recipe!(
+    Shapes(ShapesRecipe),
+    RegionSpot(RegionSpotRecipe),
+    DetClipV2(DetClipV2Recipe),
+    Glip(GlipRecipe),
+    Vild(VildRecipe)
+);
 
 struct TrainTask {
     recipe: AnyRecipe,
@@ -105,13 +140,7 @@ impl DevicesTask for TrainTask {
     type Output = Result<RunSummary>;
     fn run<B: DetclipAutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output {
         let (d, o) = (&devices, &self.options);
-        match &self.recipe {
-            AnyRecipe::Shapes(r) => train_on_devices::<_, B>(r, d, o),
-            AnyRecipe::RegionSpot(r) => train_on_devices::<_, B>(r, d, o),
-            AnyRecipe::DetClipV2(r) => train_on_devices::<_, B>(r, d, o),
-            AnyRecipe::Glip(r) => train_on_devices::<_, B>(r, d, o),
-            AnyRecipe::Vild(r) => train_on_devices::<_, B>(r, d, o),
-        }
+        with_recipe!(&self.recipe, r => train_on_devices::<_, B>(r, d, o))
     }
 
     fn run_half<B: DetclipAutodiffBackend, F: DetclipAutodiffBackend>(
@@ -132,13 +161,7 @@ impl DevicesTask for TrainTask {
             });
         };
         let (d, o) = (&devices, &self.options);
-        match &self.recipe {
-            AnyRecipe::Shapes(r) => train_mixed::<_, B, F>(r, d, m, o),
-            AnyRecipe::RegionSpot(r) => train_mixed::<_, B, F>(r, d, m, o),
-            AnyRecipe::DetClipV2(r) => train_mixed::<_, B, F>(r, d, m, o),
-            AnyRecipe::Glip(r) => train_mixed::<_, B, F>(r, d, m, o),
-            AnyRecipe::Vild(r) => train_mixed::<_, B, F>(r, d, m, o),
-        }
+        with_recipe!(&self.recipe, r => train_mixed::<_, B, F>(r, d, m, o))
     }
 }
 
@@ -152,13 +175,7 @@ impl BackendTask for ImportTask {
     type Output = Result<PathBuf>;
     fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
         let (c, o) = (&self.checkpoints, &self.out);
-        match &self.recipe {
-            AnyRecipe::Shapes(r) => import_checkpoint::<_, B>(r, c, o, &device),
-            AnyRecipe::RegionSpot(r) => import_checkpoint::<_, B>(r, c, o, &device),
-            AnyRecipe::DetClipV2(r) => import_checkpoint::<_, B>(r, c, o, &device),
-            AnyRecipe::Glip(r) => import_checkpoint::<_, B>(r, c, o, &device),
-            AnyRecipe::Vild(r) => import_checkpoint::<_, B>(r, c, o, &device),
-        }
+        with_recipe!(&self.recipe, r => import_checkpoint::<_, B>(r, c, o, &device))
     }
 }
 
@@ -214,7 +231,9 @@ struct DetectTask {
     boxes: Option<(PathBuf, f32)>,
 }
 
+/// `detect` with the checkpoint's recipe `R` (`_kind` only names it).
 fn detect_with<R: Recipe, B: DetclipAutodiffBackend>(
+    _kind: &R,
     t: &DetectTask,
     device: &B::Device,
 ) -> Result<DetectReport> {
@@ -256,17 +275,14 @@ impl BackendTask for DetectTask {
     type Output = Result<DetectReport>;
     fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
         let header = Checkpoint::read(&self.checkpoint)?.header;
-        match header.recipe.as_str() {
-            n if n == ShapesRecipe::NAME => detect_with::<ShapesRecipe, B>(&self, &device),
-            n if n == RegionSpotRecipe::NAME => detect_with::<RegionSpotRecipe, B>(&self, &device),
-            n if n == DetClipV2Recipe::NAME => detect_with::<DetClipV2Recipe, B>(&self, &device),
-            n if n == GlipRecipe::NAME => detect_with::<GlipRecipe, B>(&self, &device),
-            n if n == VildRecipe::NAME => detect_with::<VildRecipe, B>(&self, &device),
-            other => Err(DetError::Checkpoint {
-                file: self.checkpoint.display().to_string(),
-                why: format!("made by recipe `{other}`, which this build does not have"),
-            }),
-        }
+        let kind = AnyRecipe::preset(&header.recipe).map_err(|_| DetError::Checkpoint {
+            file: self.checkpoint.display().to_string(),
+            why: format!(
+                "made by recipe `{}`, which this build does not have",
+                header.recipe
+            ),
+        })?;
+        with_recipe!(&kind, r => detect_with::<_, B>(r, &self, &device))
     }
 }
 

@@ -323,7 +323,8 @@ pub fn detect_and_write<R: Recipe, B: DetclipOps>(
     out: &Path,
     device: &B::Device,
 ) -> Result<DetectReport> {
-    let dets = predict(recipe, model, samples, names, threshold, 4, device)?;
+    let cx = recipe.context()?;
+    let dets = predict(recipe, &cx, model, samples, names, threshold, 4, device)?;
     let io = |p: &Path, e: String| DetError::Io {
         path: p.display().to_string(),
         msg: e,

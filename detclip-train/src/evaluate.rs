@@ -198,8 +198,10 @@ fn held_out_names(
 
 /// Runs the recipe's inference on `samples` in batches of `batch_size`; boxes come back in
 /// each sample's own pixel frame.
+#[allow(clippy::too_many_arguments)]
 pub fn predict<R: Recipe, B: DetclipOps>(
     recipe: &R,
+    cx: &R::Context,
     model: &R::Model<B>,
     samples: &[Sample],
     vocabulary: &[String],
@@ -226,7 +228,7 @@ pub fn predict<R: Recipe, B: DetclipOps>(
             })
             .collect();
         let batch = collate::<B>(prepared, divisor, device)?;
-        let dets = recipe.detect(model, &batch, vocabulary, threshold)?;
+        let dets = recipe.detect(cx, model, &batch, vocabulary, threshold)?;
         for ((d, (sx, sy)), s) in dets.into_iter().zip(scales).zip(chunk) {
             out.push(
                 d.into_iter()

@@ -15,11 +15,12 @@
 //! - [`draw`]: boxes, labels and plots drawn into images
 //! - [`vild`]: `detclip vild precompute` — CLIP teacher embeddings of the proposals, in
 //!   resumable shards
+//! - [`teacher`]: the synthetic world's small CLIP teacher (RegionSpot and ViLD), and how
+//!   class names become CLIP token ids
 //! - [`import`]: `detclip import` — an official checkpoint as a run folder of ours
-//! - [`check`], [`eval_cli`]: `detclip check` and `detclip eval`
+//! - [`eval_cli`]: `detclip eval` (`detclip check` is `detclip_core::check`)
 #![warn(missing_docs)]
 
-pub mod check;
 pub mod commands;
 pub mod data;
 pub mod detect;
@@ -32,4 +33,5 @@ pub mod mask;
 pub mod recipe;
 pub mod recipes;
 pub mod splits;
+pub mod teacher;
 pub mod vild;

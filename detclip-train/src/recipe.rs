@@ -10,6 +10,7 @@ use burn::prelude::*;
 use detclip_core::data::{Batch, TestTransform};
 use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_core::{DetError, Result};
+use detclip_models::dense::Detections;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -127,6 +128,23 @@ pub struct Detected {
     pub mask: Option<Rle>,
 }
 
+impl Detected {
+    /// Every detection of one image's [`Detections`], in their order, without masks.
+    pub fn all(d: Detections) -> Vec<Detected> {
+        d.boxes
+            .into_iter()
+            .zip(d.scores)
+            .zip(d.classes)
+            .map(|((bbox, score), label)| Detected {
+                bbox,
+                label,
+                score,
+                mask: None,
+            })
+            .collect()
+    }
+}
+
 /// A method: its model, its targets and loss, its inference, and its typed configuration.
 ///
 /// Loss and inference run on backends with detclip's custom ops ([`DetclipOps`]), so a model
@@ -147,8 +165,17 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
     /// The model.
     type Model<B: Backend>: Module<B>;
 
+    /// What a run derives once from the config and reuses for every batch — tokenizers,
+    /// caches of class embeddings, precomputed teachers — passed to [`Recipe::loss`] and
+    /// [`Recipe::detect`]. Never saved: every run and command builds its own
+    /// ([`Recipe::context`]), after the model is built, prepared or loaded.
+    type Context: Send + Sync;
+
     /// Builds a freshly initialised model from the config.
     fn build<B: Backend>(&self, device: &B::Device) -> Result<Self::Model<B>>;
+
+    /// Builds the run's [`Recipe::Context`].
+    fn context(&self) -> Result<Self::Context>;
 
     /// The learner's settings: steps, optimiser, schedule, checkpoints, evaluation.
     fn learner(&self) -> &LearnerConfig;
@@ -174,6 +201,7 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
     /// classes a detection sample's boxes are scored against.
     fn loss<B: DetclipAutodiffBackend>(
         &self,
+        cx: &Self::Context,
         model: &Self::Model<B>,
         batch: &Batch<B>,
         vocabulary: &[String],
@@ -182,6 +210,7 @@ pub trait Recipe: Serialize + DeserializeOwned + Clone + Send + 'static {
     /// Detections per image for the concept names in `vocabulary`, with scores ≥ `threshold`.
     fn detect<B: DetclipOps>(
         &self,
+        cx: &Self::Context,
         model: &Self::Model<B>,
         batch: &Batch<B>,
         vocabulary: &[String],

@@ -21,10 +21,10 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use detclip_core::data::image::Orientation;
 use detclip_core::data::sample::Sample;
-use detclip_core::data::transforms::{ChannelOrder, Normalize, PixelScale, keep_ratio_size};
+use detclip_core::data::transforms::{Normalize, keep_ratio_size};
 use detclip_core::{DetError, Result};
-use detclip_models::clip::{ClipVision, l2_normalize};
-use detclip_models::vild::Vild;
+use detclip_models::clip::ClipVision;
+use detclip_models::vild::{Vild, region_teacher};
 use image::RgbImage;
 use image::imageops::{FilterType, crop_imm, resize};
 use serde::{Deserialize, Serialize};
@@ -109,16 +109,6 @@ pub struct ImageTeacher {
 /// The file of shard `index` in `dir`.
 pub fn shard_path(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("shard-{index:05}.vild"))
-}
-
-/// CLIP's pixel normalisation (RGB in `0..=1`).
-pub fn clip_normalize() -> Normalize {
-    Normalize {
-        mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-        std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
-        order: ChannelOrder::Rgb,
-        scale: PixelScale::Unit,
-    }
 }
 
 /// The box scaled by `scale` around its centre, clipped to the image, as integer pixel
@@ -216,7 +206,7 @@ fn crop_embeddings<B: Backend>(
 ) -> Result<Tensor<B, 2>> {
     let (w, h) = image.dimensions();
     let s = options.crop_size;
-    let normalize = clip_normalize();
+    let normalize = Normalize::clip();
     let mut pixels =
         Vec::with_capacity(boxes.len() * options.crop_scales.len() * 3 * (s * s) as usize);
     for scale in &options.crop_scales {
@@ -226,23 +216,10 @@ fn crop_embeddings<B: Backend>(
             pixels.extend(normalize.apply(&resize(&crop, s, s, FilterType::Triangle)));
         }
     }
-    let (m, k, s) = (boxes.len(), options.crop_scales.len(), s as usize);
-    let crop = 3 * s * s;
-    let embeds = pixels
-        .chunks(options.crop_batch * crop)
-        .map(|chunk| {
-            let batch = Tensor::<B, 4>::from_data(
-                TensorData::new(chunk.to_vec(), [chunk.len() / crop, 3, s, s]),
-                device,
-            );
-            Ok(l2_normalize(clip.forward(batch)?.image_embeds))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let embeds = Tensor::cat(embeds, 0);
-    let e = embeds.dims()[1];
-    Ok(l2_normalize(
-        embeds.reshape([k, m, e]).sum_dim(0).reshape([m, e]),
-    ))
+    let (k, s) = (options.crop_scales.len(), s as usize);
+    let crops =
+        Tensor::<B, 4>::from_data(TensorData::new(pixels, [k * boxes.len(), 3, s, s]), device);
+    region_teacher(clip, crops, k, options.crop_batch)
 }
 
 fn read<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<f32>> {

@@ -325,6 +325,18 @@ impl Normalize {
         }
     }
 
+    /// OpenAI CLIP's preprocessing (also Hugging Face's `CLIPImageProcessor`): RGB in
+    /// `0..=1`, mean `(0.48145466, 0.4578275, 0.40821073)`, std `(0.26862954, 0.26130258,
+    /// 0.27577711)`.
+    pub fn clip() -> Self {
+        Self {
+            mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
+            std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
+            order: ChannelOrder::Rgb,
+            scale: PixelScale::Unit,
+        }
+    }
+
     /// maskrcnn-benchmark's default for Caffe2 ResNets (GLIP's R50 configs): BGR `0..=255`,
     /// mean `(102.9801, 115.9465, 122.7717)`, std 1.
     pub fn caffe() -> Self {

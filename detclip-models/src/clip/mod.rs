@@ -12,11 +12,13 @@
 mod block;
 mod keys;
 mod model;
+mod pixels;
 mod text;
 mod vision;
 
 pub use block::*;
 pub use keys::*;
 pub use model::*;
+pub use pixels::*;
 pub use text::*;
 pub use vision::*;

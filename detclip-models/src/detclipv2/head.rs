@@ -16,7 +16,7 @@ use detclip_core::ext::DetclipOps;
 use detclip_core::nn::conv2d;
 use detclip_core::nn::{DeformConv2d, DeformConv2dConfig};
 
-use crate::layers::check_channels;
+use crate::layers::{check_channels, l2_normalize_eps};
 
 /// Sizes of [`AlignHead`].
 #[derive(Config, Debug)]
@@ -129,17 +129,6 @@ pub struct HeadOutput<B: Backend> {
     pub sizes: Vec<[usize; 2]>,
 }
 
-/// Unit-length rows along the last axis.
-pub fn l2_normalize<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let norm = x
-        .clone()
-        .powi_scalar(2)
-        .sum_dim(D - 1)
-        .sqrt()
-        .clamp_min(1e-6);
-    x / norm
-}
-
 impl<B: DetclipOps> AlignHead<B> {
     /// Runs the head on every level.
     ///
@@ -179,7 +168,7 @@ impl<B: DetclipOps> AlignHead<B> {
             ctrs.push(flat(conv2d(&self.centerness, t)).reshape([n, h * w]));
         }
         Ok(HeadOutput {
-            regions: l2_normalize(Tensor::cat(regions, 1)),
+            regions: l2_normalize_eps(Tensor::cat(regions, 1), 1e-6),
             bbox: Tensor::cat(boxes, 1),
             centerness: Tensor::cat(ctrs, 1),
             sizes,

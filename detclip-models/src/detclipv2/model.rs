@@ -3,15 +3,19 @@
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
 use detclip_core::DetError;
+use detclip_core::assign::{LevelAnchors, decode_distances_batched};
 use detclip_core::ext::DetclipOps;
 
 use super::backbone::{Backbone, BackboneConfig};
-use super::head::{AlignHead, AlignHeadConfig, HeadOutput, l2_normalize};
+use super::head::{AlignHead, AlignHeadConfig, HeadOutput};
 use super::text::{ConceptCache, HashedWordTokenizer};
 use crate::clip::{ClipText, ClipTextConfig};
+use crate::dense::{DenseTestConfig, Detections, dense_detections};
 use crate::fpn::{ExtraLevels, Fpn, FpnConfig};
 use crate::layers::NormMode;
+use crate::layers::l2_normalize_eps;
 use crate::resnet::ResNetConfig;
 use crate::swin::SwinConfig;
 
@@ -170,7 +174,7 @@ impl<B: Backend> DetClipV2<B> {
     /// # Errors
     /// [`DetError::Shape`] for an empty or too long sequence.
     pub fn encode_ids(&self, ids: Tensor<B, 2, Int>) -> detclip_core::Result<Tensor<B, 2>> {
-        Ok(l2_normalize(self.text.forward(ids)?.text_embeds))
+        Ok(l2_normalize_eps(self.text.forward(ids)?.text_embeds, 1e-6))
     }
 
     /// Unit-length embeddings of concept names, `[C, D]`, through the hashed-word tokenizer.
@@ -263,5 +267,31 @@ impl<B: DetclipOps> DetClipV2<B> {
         let out = self.forward_image(images)?;
         let logits = self.logits(out.regions.clone(), cache.embeddings.clone())?;
         Ok((out, logits))
+    }
+
+    /// Detections of a cached vocabulary in a batch of images: score
+    /// `√(σ(logit) · σ(centerness))`, boxes decoded from the anchors of `config`'s
+    /// `anchor_scale`, [`dense_detections`] with `test`'s settings.
+    ///
+    /// # Shapes
+    /// - `images`: `[N, 3, H, W]`; `image_sizes`: `N` unpadded `(height, width)`
+    ///
+    /// # Errors
+    /// As [`DetClipV2::forward_image`]; a non-positive anchor scale.
+    pub fn detect(
+        &self,
+        config: &DetClipV2Config,
+        images: Tensor<B, 4>,
+        image_sizes: &[(usize, usize)],
+        cache: &ConceptCache<B>,
+        threshold: f32,
+        test: &DenseTestConfig,
+    ) -> detclip_core::Result<Vec<Detections>> {
+        let (out, logits) = self.forward_cached(images, cache)?;
+        let anchors = LevelAnchors::new(&out.sizes, config.anchor_scale)?;
+        let [n, a, _] = logits.dims();
+        let scores = (sigmoid(logits) * sigmoid(out.centerness.clone()).reshape([n, a, 1])).sqrt();
+        let boxes = decode_distances_batched(out.bbox, &anchors);
+        dense_detections(scores, boxes, image_sizes, threshold, test)
     }
 }

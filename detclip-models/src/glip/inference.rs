@@ -9,12 +9,20 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::sigmoid;
 
+use std::collections::BTreeMap;
+
 use detclip_core::DetError;
 use detclip_core::Result as DetResult;
-use detclip_core::assign::AnchorGenerator;
-use detclip_core::ops::{DeltaBoxCoder, batched_nms_slice, top_k_slice};
+use detclip_core::data::prompt::PromptFormat;
+use detclip_core::data::{Normalize, TestTransform};
+use detclip_core::ext::DetclipOps;
+use detclip_core::ops::{batched_nms_slice, top_k_slice};
+use serde::{Deserialize, Serialize};
 
-use super::GlipOutput;
+use super::{GlipDetector, GlipGeometry, GlipOutput, described_prompts, phrase_tokens};
+pub use crate::dense::Detections;
+use crate::dense::check_test_limits;
+use crate::tokenizer::{TextTokenizer, TokenizedText, batch_tensors};
 
 /// A phrase of a prompt: which class (vocabulary entry) it names and its tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,45 +33,75 @@ pub struct PhraseTokens {
     pub tokens: Vec<usize>,
 }
 
-/// Options of [`glip_detect`] (the released defaults).
-#[derive(Debug, Clone)]
-pub struct GlipInferenceConfig {
-    /// Phrase scores at or below this are not candidates (`INFERENCE_TH`, 0.05).
-    pub score_threshold: f32,
-    /// Candidates kept per image before NMS (`PRE_NMS_TOP_N`, 1000).
+/// GLIP's inference settings (the released test settings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlipTestConfig {
+    /// Shorter side of the test resize (`INPUT.MIN_SIZE_TEST`, 800).
+    pub short_side: u32,
+    /// Cap on the longer side (`INPUT.MAX_SIZE_TEST`, 1333).
+    pub max_long: Option<u32>,
+    /// Phrase scores at or below this are not candidates (`MODEL.ATSS.INFERENCE_TH`, 0.05).
+    pub candidate_threshold: f32,
+    /// Candidates kept per image before NMS (`MODEL.ATSS.PRE_NMS_TOP_N`, 1000).
     pub pre_nms_top_k: usize,
-    /// NMS IoU threshold (`NMS_TH`, 0.6).
-    pub iou_threshold: f32,
-    /// Detections kept per image (`DETECTIONS_PER_IMG`, 100).
+    /// NMS IoU threshold, per class (`MODEL.ATSS.NMS_TH`, 0.6).
+    pub nms_iou: f32,
+    /// Detections kept per image (`MODEL.ATSS.DETECTIONS_PER_IMG`, 100).
     pub max_detections: usize,
-    /// Anchors.
-    pub anchors: AnchorGenerator,
-    /// Box coder (`(10, 10, 5, 5)`).
-    pub coder: DeltaBoxCoder,
+    /// Descriptions of classes, written into the prompt as `"name, description"`
+    /// ([`described_prompts`]).
+    #[serde(default)]
+    pub descriptions: BTreeMap<String, String>,
 }
 
-impl Default for GlipInferenceConfig {
+impl Default for GlipTestConfig {
     fn default() -> Self {
         Self {
-            score_threshold: 0.05,
+            short_side: 800,
+            max_long: Some(1333),
+            candidate_threshold: 0.05,
             pre_nms_top_k: 1000,
-            iou_threshold: 0.6,
+            nms_iou: 0.6,
             max_detections: 100,
-            anchors: AnchorGenerator::atss(),
-            coder: DeltaBoxCoder::new([10.0, 10.0, 5.0, 5.0]),
+            descriptions: BTreeMap::new(),
         }
     }
 }
 
-/// Detections of one image, by descending score.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Detections {
-    /// Boxes, xyxy in input pixels.
-    pub boxes: Vec<[f32; 4]>,
-    /// Scores in `[0, 1]`.
-    pub scores: Vec<f32>,
-    /// Vocabulary indices.
-    pub classes: Vec<usize>,
+impl GlipTestConfig {
+    /// The test resize, with ImageNet normalisation.
+    pub fn transform(&self) -> TestTransform {
+        TestTransform {
+            short: self.short_side,
+            max_long: self.max_long,
+            normalize: Normalize::imagenet(),
+        }
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`DetError::InvalidOption`] naming the first bad value.
+    pub fn validate(&self) -> DetResult<()> {
+        check_test_limits(
+            "glip test",
+            (self.short_side, self.max_long),
+            self.pre_nms_top_k,
+            self.nms_iou,
+            self.max_detections,
+        )?;
+        if !(0.0..1.0).contains(&self.candidate_threshold) {
+            return Err(DetError::InvalidOption {
+                op: "glip test",
+                why: format!(
+                    "candidate_threshold must be in [0, 1), got {}",
+                    self.candidate_threshold
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `[T, C]` averaging matrix of one prompt's phrases.
@@ -96,7 +134,8 @@ pub fn glip_detect<B: Backend>(
     out: &GlipOutput<B>,
     phrases: &[Vec<PhraseTokens>],
     image_of_row: &[usize],
-    config: &GlipInferenceConfig,
+    config: &GlipTestConfig,
+    geometry: &GlipGeometry,
 ) -> DetResult<Vec<Detections>> {
     let logits = Tensor::cat(out.logits.clone(), 1);
     let [n, a, t] = logits.dims();
@@ -120,7 +159,7 @@ pub fn glip_detect<B: Backend>(
     let matrix = Tensor::<B, 3>::from_data(TensorData::new(matrices, [n, t, width]), &device);
     let scores = sigmoid(logits).matmul(matrix);
     let centerness = sigmoid(flatten(&out.centerness)).reshape([n, a, 1]);
-    let anchors: Vec<[f32; 4]> = config
+    let anchors: Vec<[f32; 4]> = geometry
         .anchors
         .grid_anchors_host(&out.sizes)?
         .into_iter()
@@ -133,7 +172,7 @@ pub fn glip_detect<B: Backend>(
     .unsqueeze_dim::<3>(0)
     .expand([n, a, 4])
     .reshape([n * a, 4]);
-    let boxes = config
+    let boxes = geometry
         .coder
         .decode(flatten(&out.bbox_reg).reshape([n * a, 4]), anchor_t)?;
     // Post-processing is data-dependent: read the three maps once.
@@ -157,7 +196,7 @@ pub fn glip_detect<B: Backend>(
         for k in 0..a {
             for (j, phrase) in row.iter().enumerate() {
                 let p = scores[(r * a + k) * width + j];
-                if p > config.score_threshold {
+                if p > config.candidate_threshold {
                     b.extend_from_slice(&boxes[(r * a + k) * 4..(r * a + k + 1) * 4]);
                     s.push((p * ctr[r * a + k]).sqrt());
                     c.push(phrase.class as i64);
@@ -175,7 +214,7 @@ pub fn glip_detect<B: Backend>(
                 .collect();
             let s: Vec<f32> = top.iter().map(|&i| s[i]).collect();
             let c: Vec<i64> = top.iter().map(|&i| c[i]).collect();
-            let keep = batched_nms_slice(&b, &s, &c, config.iou_threshold)?;
+            let keep = batched_nms_slice(&b, &s, &c, config.nms_iou)?;
             let keep = &keep[..keep.len().min(config.max_detections)];
             Ok(Detections {
                 boxes: keep
@@ -187,6 +226,110 @@ pub fn glip_detect<B: Backend>(
             })
         })
         .collect()
+}
+
+impl<B: DetclipOps> GlipDetector<B> {
+    /// Detections of `vocabulary` on a batch of images, as the released chunked evaluation
+    /// runs them: the names (with their descriptions) split into prompts of at most
+    /// `max_tokens` tokens; every prompt chunk of every image a row of one batch, the image
+    /// side run once per image and its pyramid repeated for the chunks; the rows of one image
+    /// merged before NMS ([`glip_detect`]); boxes clipped to each image's `(height, width)`;
+    /// detections scoring at least `threshold`.
+    ///
+    /// # Shapes
+    /// - `images`: `[N, 3, H, W]`; `image_sizes`: `N` unpadded `(height, width)`
+    ///
+    /// # Errors
+    /// A name that does not fit a prompt on its own; tokenizer and model errors.
+    #[allow(clippy::too_many_arguments)]
+    pub fn detect_vocabulary(
+        &self,
+        images: Tensor<B, 4>,
+        image_sizes: &[(usize, usize)],
+        vocabulary: &[String],
+        tokenizer: &TextTokenizer,
+        max_tokens: usize,
+        test: &GlipTestConfig,
+        geometry: &GlipGeometry,
+        threshold: f32,
+    ) -> DetResult<Vec<Detections>> {
+        let device = images.device();
+        let prompts = described_prompts(
+            vocabulary,
+            &test.descriptions,
+            &PromptFormat::default(),
+            max_tokens,
+            |t| {
+                tokenizer.encode(t).map_or(usize::MAX, |e| {
+                    e.attention_mask.iter().filter(|&&m| m == 1).count()
+                })
+            },
+        )?;
+        let encoded =
+            tokenizer.encode_batch(&prompts.iter().map(|p| p.text.as_str()).collect::<Vec<_>>())?;
+        let phrases: Vec<Vec<PhraseTokens>> = prompts
+            .iter()
+            .zip(&encoded)
+            .map(|(p, e)| {
+                p.entries
+                    .iter()
+                    .map(|entry| PhraseTokens {
+                        class: entry.source,
+                        tokens: phrase_tokens(e, &[entry.span]),
+                    })
+                    .collect()
+            })
+            .collect();
+        // Rows: every prompt chunk of every image, image-major.
+        let n = image_sizes.len();
+        let chunks = prompts.len();
+        let image_of_row: Vec<usize> = (0..n * chunks).map(|r| r / chunks).collect();
+        let rows: Vec<TokenizedText> = (0..n * chunks)
+            .map(|r| encoded[r % chunks].clone())
+            .collect();
+        let row_phrases: Vec<Vec<PhraseTokens>> = (0..n * chunks)
+            .map(|r| phrases[r % chunks].clone())
+            .collect();
+        let index: Vec<i64> = image_of_row.iter().map(|&i| i as i64).collect();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n * chunks]), &device);
+        let levels = self
+            .glip
+            .image_features(images)?
+            .into_iter()
+            .map(|l| l.select(0, index.clone()))
+            .collect();
+        let (ids, mask) = batch_tensors::<B>(&rows, &device)?;
+        let out = self
+            .glip
+            .forward_features(levels, ids, mask, Some(self.prompt.val()))?;
+        let dets = glip_detect(&out, &row_phrases, &image_of_row, test, geometry)?;
+        Ok(dets
+            .into_iter()
+            .zip(image_sizes)
+            .map(|(d, &(h, w))| {
+                let keep: Vec<usize> = (0..d.scores.len())
+                    .filter(|&i| d.scores[i] >= threshold)
+                    .collect();
+                let (w, h) = (w as f32, h as f32);
+                Detections {
+                    boxes: keep
+                        .iter()
+                        .map(|&i| {
+                            let b = d.boxes[i];
+                            [
+                                b[0].clamp(0.0, w),
+                                b[1].clamp(0.0, h),
+                                b[2].clamp(0.0, w),
+                                b[3].clamp(0.0, h),
+                            ]
+                        })
+                        .collect(),
+                    scores: keep.iter().map(|&i| d.scores[i]).collect(),
+                    classes: keep.iter().map(|&i| d.classes[i]).collect(),
+                }
+            })
+            .collect())
+    }
 }
 
 /// `[N, C, H, W]` per level → `[N, Σ H·W, C]`.

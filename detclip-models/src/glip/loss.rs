@@ -12,15 +12,15 @@ use burn::tensor::TensorData;
 
 use detclip_core::DetError;
 use detclip_core::Result as DetResult;
-use detclip_core::assign::{AnchorGenerator, AtssOptions, atss_assign};
+use detclip_core::assign::{AtssOptions, atss_assign};
 use detclip_core::data::Span;
 use detclip_core::data::prompt::token_range;
 use detclip_core::loss::{
     Reduction, centerness_loss, centerness_targets, giou_loss, sigmoid_focal_loss,
 };
-use detclip_core::ops::DeltaBoxCoder;
+use serde::{Deserialize, Serialize};
 
-use super::GlipOutput;
+use super::{GlipGeometry, GlipOutput};
 
 /// The ground truth of one image: boxes (xyxy, input pixels) and, for each, the token indices
 /// of its phrase in the prompt (the positive map's row).
@@ -45,33 +45,67 @@ pub fn positive_tokens(offsets: &[(usize, usize)], spans: &[Span]) -> Vec<usize>
     tokens
 }
 
-/// Options of [`glip_loss`] (the released defaults).
-#[derive(Debug, Clone)]
+/// GLIP's loss settings (the released defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GlipLossConfig {
-    /// Focal α (`TOKEN_ALPHA`, 0.25).
-    pub alpha: f32,
-    /// Focal γ (`TOKEN_GAMMA`, 2).
-    pub gamma: f32,
-    /// Weight of the GIoU term (`ATSS.REG_LOSS_WEIGHT`, 2).
+    /// Focal α of the token loss (`FUSE_CONFIG.TOKEN_ALPHA`, 0.25).
+    pub focal_alpha: f32,
+    /// Focal γ of the token loss (`FUSE_CONFIG.TOKEN_GAMMA`, 2).
+    pub focal_gamma: f32,
+    /// ATSS candidates per level (`MODEL.ATSS.TOPK`, 9).
+    pub atss_top_k: usize,
+    /// Weight of the GIoU term (`MODEL.ATSS.REG_LOSS_WEIGHT`, 2).
     pub reg_weight: f32,
-    /// The assigner.
-    pub atss: AtssOptions,
-    /// Anchors (one square anchor of 8 strides per cell on P3–P7).
-    pub anchors: AnchorGenerator,
-    /// Box coder of the regression (`(10, 10, 5, 5)` as released).
-    pub coder: DeltaBoxCoder,
 }
 
 impl Default for GlipLossConfig {
     fn default() -> Self {
         Self {
-            alpha: 0.25,
-            gamma: 2.0,
+            focal_alpha: 0.25,
+            focal_gamma: 2.0,
+            atss_top_k: 9,
             reg_weight: 2.0,
-            atss: AtssOptions::default(),
-            anchors: AnchorGenerator::atss(),
-            coder: DeltaBoxCoder::new([10.0, 10.0, 5.0, 5.0]),
         }
+    }
+}
+
+impl GlipLossConfig {
+    /// The assigner's options.
+    pub fn atss(&self) -> AtssOptions {
+        AtssOptions {
+            top_k: self.atss_top_k,
+            ..AtssOptions::default()
+        }
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`DetError::InvalidOption`] naming the first bad value.
+    pub fn validate(&self) -> DetResult<()> {
+        let bad = |why: String| {
+            Err(DetError::InvalidOption {
+                op: "glip loss",
+                why,
+            })
+        };
+        if !(self.focal_alpha.is_finite() && (0.0..=1.0).contains(&self.focal_alpha)) {
+            return bad(format!(
+                "focal_alpha must be in [0, 1], got {}",
+                self.focal_alpha
+            ));
+        }
+        if !(self.focal_gamma.is_finite() && self.focal_gamma >= 0.0) {
+            return bad(format!("focal_gamma must be ≥ 0, got {}", self.focal_gamma));
+        }
+        if !(self.reg_weight.is_finite() && self.reg_weight >= 0.0) {
+            return bad(format!("reg_weight must be ≥ 0, got {}", self.reg_weight));
+        }
+        if self.atss_top_k == 0 {
+            return bad("atss_top_k must be positive".into());
+        }
+        Ok(())
     }
 }
 
@@ -113,6 +147,7 @@ fn assign(
     config: &GlipLossConfig,
 ) -> DetResult<Positives> {
     let a = anchors.len();
+    let atss = config.atss();
     let mut p = Positives {
         rows: Vec::new(),
         anchors: Vec::new(),
@@ -136,7 +171,7 @@ fn assign(
                 why: format!("image {i}: token {t} is outside the prompt of {tokens} tokens"),
             });
         }
-        let assignment = atss_assign(anchors, counts, &target.boxes, &config.atss)?;
+        let assignment = atss_assign(anchors, counts, &target.boxes, &atss)?;
         for (k, gt) in assignment.gt_index.iter().enumerate() {
             let Some(g) = *gt else { continue };
             p.rows.push((i * a + k) as i64);
@@ -150,7 +185,7 @@ fn assign(
     Ok(p)
 }
 
-/// GLIP's loss for one batch of [`GlipOutput`]s.
+/// GLIP's loss for one batch of [`GlipOutput`]s of a model whose head has `geometry`.
 ///
 /// # Shapes
 /// - `text_mask`: `[N, T]` (1 for tokens, 0 for padding); `targets`: one per image
@@ -163,6 +198,7 @@ pub fn glip_loss<B: Backend>(
     text_mask: Tensor<B, 2, Int>,
     targets: &[GlipTarget],
     config: &GlipLossConfig,
+    geometry: &GlipGeometry,
 ) -> DetResult<GlipLosses<B>> {
     let logits = Tensor::cat(out.logits.clone(), 1);
     let [n, a, t] = logits.dims();
@@ -174,7 +210,7 @@ pub fn glip_loss<B: Backend>(
             expected: format!("{n} targets and a [{n}, {t}] mask"),
         });
     }
-    let levels = config.anchors.grid_anchors_host(&out.sizes)?;
+    let levels = geometry.anchors.grid_anchors_host(&out.sizes)?;
     let counts: Vec<usize> = levels.iter().map(Vec::len).collect();
     let anchors: Vec<[f32; 4]> = levels.into_iter().flatten().collect();
     if anchors.len() != a {
@@ -192,8 +228,13 @@ pub fn glip_loss<B: Backend>(
 
     let labels = Tensor::<B, 3>::from_data(TensorData::new(p.labels, [n, a, t]), &device);
     let valid = text_mask.float().reshape([n, 1, t]);
-    let token =
-        sigmoid_focal_loss(logits, labels, config.alpha, config.gamma, Reduction::None)? * valid;
+    let token = sigmoid_focal_loss(
+        logits,
+        labels,
+        config.focal_alpha,
+        config.focal_gamma,
+        Reduction::None,
+    )? * valid;
     let token = token.sum() / norm;
 
     let deltas = flatten_levels(&out.bbox_reg).reshape([n * a, 4]);
@@ -213,7 +254,7 @@ pub fn glip_loss<B: Backend>(
     let centers = (anchor_t.clone().narrow(1, 0, 2) + anchor_t.clone().narrow(1, 2, 2)) / 2.0;
     let ctr_targets = centerness_targets(centers, boxes.clone())?;
 
-    let pred = config
+    let pred = geometry
         .coder
         .decode(deltas.select(0, rows.clone()), anchor_t)?;
     let giou = giou_loss(pred, boxes, Reduction::None, 1e-7)?;

@@ -10,7 +10,8 @@
 //! - [`Glip`] / [`GlipConfig`] (`glip_t()`, `small()`): backbone, FPN P3–P7, the VLDyHead
 //!   tower and the ATSS head with token-level alignment logits, returning raw outputs;
 //! - [`glip_loss`]: positive map, ATSS assignment, token focal + GIoU + centerness;
-//! - [`glip_detect`]: phrase scores, decoding, NMS, chunked vocabularies;
+//! - [`glip_detect`]: phrase scores, decoding, NMS; [`GlipDetector::detect_vocabulary`]: a
+//!   vocabulary of any size in prompt chunks, as the released evaluation runs it;
 //! - [`glip_keys`]: the released checkpoint layout;
 //! - [`described_prompts`]: prompts whose classes carry descriptions (`"name, description"`).
 //!

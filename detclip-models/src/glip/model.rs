@@ -9,14 +9,27 @@ use detclip_core::nn::conv2d;
 
 use detclip_core::DetError;
 use detclip_core::Result as DetResult;
+use detclip_core::assign::{AnchorGenerator, AnchorLevel};
 use detclip_core::ext::DetclipOps;
+use detclip_core::ops::DeltaBoxCoder;
 
 use super::{BiMultiHeadAttentionConfig, DyConv, DyConvConfig, XMhaFusion, XMhaFusionConfig};
 use crate::attention::padding_bias;
 use crate::bert::{Bert, BertConfig, BertLayer};
 use crate::fpn::{ExtraLevels, Fpn, FpnConfig};
+use crate::layers::l2_normalize_eps;
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::swin::{SwinConfig, SwinTransformer};
+
+/// GLIP with the prompt-tuning table: what a GLIP run trains and a GLIP checkpoint holds.
+#[derive(Module, Debug)]
+pub struct GlipDetector<B: Backend> {
+    /// The model.
+    pub glip: Glip<B>,
+    /// Learned prompt embeddings `[max_tokens, bert_hidden]`, added to BERT's output (the
+    /// released `rpn.tunable_linear.weight`), initialised to zero.
+    pub prompt: Param<Tensor<B, 2>>,
+}
 
 /// The released clamp of the alignment logits (`CLAMP_DOT_PRODUCT`).
 const LOGIT_CLAMP: f64 = 50_000.0;
@@ -96,6 +109,27 @@ pub struct GlipConfig {
     /// the image path between the FPN and the head when `dyhead` is also off (an ablation).
     #[config(default = true)]
     pub fusion_image_norm: bool,
+    /// Anchor side as a multiple of the level's stride: one square anchor per position
+    /// (`MODEL.ATSS.ANCHOR_SIZES` over `MODEL.ATSS.ANCHOR_STRIDES`, 8).
+    #[config(default = 8.0)]
+    pub anchor_scale: f32,
+}
+
+/// Where GLIP's head places its anchors and how its box outputs are coded against them: what
+/// the loss and the inference of one model share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlipGeometry {
+    /// One square anchor per position of P3–P7.
+    pub anchors: AnchorGenerator,
+    /// The box coder (`(10, 10, 5, 5)` as released).
+    pub coder: DeltaBoxCoder,
+}
+
+impl Default for GlipGeometry {
+    /// The released geometry: anchors of 8 strides, weights `(10, 10, 5, 5)`.
+    fn default() -> Self {
+        GlipConfig::glip_t().geometry()
+    }
 }
 
 impl GlipConfig {
@@ -129,11 +163,96 @@ impl GlipConfig {
             .with_norm_groups(4)
     }
 
+    /// The anchors and box coder of this model's head.
+    pub fn geometry(&self) -> GlipGeometry {
+        let mut anchors = AnchorGenerator::atss();
+        anchors.levels = anchors
+            .levels
+            .iter()
+            .map(|l| AnchorLevel {
+                stride: l.stride,
+                sizes: vec![self.anchor_scale * l.stride],
+            })
+            .collect();
+        GlipGeometry {
+            anchors,
+            coder: DeltaBoxCoder::new([10.0, 10.0, 5.0, 5.0]),
+        }
+    }
+
+    /// Checks the sizes: positive widths and counts, heads and groups that divide their
+    /// widths, a positive anchor scale.
+    ///
+    /// # Errors
+    /// [`DetError::InvalidOption`] naming the first bad value.
+    pub fn validate(&self) -> DetResult<()> {
+        let bad = |why: String| {
+            Err(DetError::InvalidOption {
+                op: "glip model",
+                why,
+            })
+        };
+        let b = &self.bert;
+        let sizes = [
+            ("bert.hidden_size", b.hidden_size),
+            ("bert.num_layers", b.num_layers),
+            ("bert.num_heads", b.num_heads),
+            ("bert.intermediate_size", b.intermediate_size),
+            ("bert.vocab_size", b.vocab_size),
+            ("bert.max_position_embeddings", b.max_position_embeddings),
+            ("channels", self.channels),
+            ("fusion_embed_dim", self.fusion_embed_dim),
+            ("fusion_heads", self.fusion_heads),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return bad(format!("{name} must be positive"));
+        }
+        if !(self.anchor_scale.is_finite() && self.anchor_scale > 0.0) {
+            return bad(format!(
+                "anchor_scale must be positive, got {}",
+                self.anchor_scale
+            ));
+        }
+        if !b.hidden_size.is_multiple_of(b.num_heads)
+            || !self.fusion_embed_dim.is_multiple_of(self.fusion_heads)
+            || (self.norm_groups > 0 && !self.channels.is_multiple_of(self.norm_groups))
+        {
+            return bad(
+                "bert.hidden_size, fusion_embed_dim and channels must be divisible by their \
+                 heads / groups"
+                    .into(),
+            );
+        }
+        if let GlipBackboneConfig::Swin(swin) = &self.backbone
+            && (swin.embed_dim == 0 || swin.window_size == 0)
+        {
+            return bad("the Swin backbone's embed_dim and window_size must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Builds the model with the prompt-tuning table of `max_tokens` rows (zero).
+    ///
+    /// # Errors
+    /// As [`GlipConfig::init`].
+    pub fn init_detector<B: Backend>(
+        &self,
+        max_tokens: usize,
+        device: &B::Device,
+    ) -> DetResult<GlipDetector<B>> {
+        Ok(GlipDetector {
+            glip: self.init(device)?,
+            prompt: Param::from_tensor(Tensor::zeros([max_tokens, self.bert.hidden_size], device)),
+        })
+    }
+
     /// Builds the model.
     ///
     /// # Errors
-    /// [`DetError::InvalidOption`] from any block's configuration.
+    /// [`DetError::InvalidOption`] for bad sizes ([`GlipConfig::validate`]) or from any
+    /// block's configuration.
     pub fn init<B: Backend>(&self, device: &B::Device) -> DetResult<Glip<B>> {
+        self.validate()?;
         let (backbone, in_channels) = match &self.backbone {
             GlipBackboneConfig::Swin(swin) => {
                 let swin = swin.clone().with_out_indices(vec![1, 2, 3]);
@@ -503,7 +622,7 @@ impl<B: Backend> GlipHead<B> {
     pub fn forward(&self, levels: &[Tensor<B, 4>], words: Tensor<B, 3>) -> GlipOutput<B> {
         let [n, t, _] = words.dims();
         // Unit-length words, halved, projected; a per-word bias from the same unit vectors.
-        let unit = l2_normalize(words);
+        let unit = l2_normalize_eps(words, 1e-12);
         let tokens = self.dot_product_projection_text.forward(unit.clone() / 2.0);
         let token_bias = unit
             .matmul(self.bias_lang.val().reshape([1, -1, 1]))
@@ -551,10 +670,4 @@ fn add_prompt<B: Backend>(words: Tensor<B, 3>, prompt: Tensor<B, 2>) -> DetResul
         });
     }
     Ok(words + prompt.narrow(0, 0, t).unsqueeze_dim(0))
-}
-
-/// `x / max(‖x‖₂, 1e-12)` over the last axis (`F.normalize`).
-fn l2_normalize<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let norm = x.clone().powi_scalar(2).sum_dim(2).sqrt().clamp_min(1e-12);
-    x / norm
 }

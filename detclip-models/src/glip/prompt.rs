@@ -11,6 +11,21 @@ use detclip_core::Result;
 use detclip_core::data::Span;
 use detclip_core::data::prompt::{Prompt, PromptFormat, chunk_prompts};
 
+use crate::tokenizer::TokenizedText;
+
+/// The tokens of a phrase's spans (their union, sorted) in one encoded prompt; spans cut off
+/// by truncation give none.
+pub fn phrase_tokens(encoded: &TokenizedText, spans: &[Span]) -> Vec<usize> {
+    let mut tokens: Vec<usize> = spans
+        .iter()
+        .filter_map(|&s| encoded.tokens_for_span(s))
+        .flatten()
+        .collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    tokens
+}
+
 /// The text of an entry: `"name, description"`, or the name alone.
 pub fn described_name(name: &str, descriptions: &BTreeMap<String, String>) -> String {
     match descriptions.get(name).map(|d| d.trim()) {

@@ -3,8 +3,11 @@ use burn::prelude::*;
 use detclip_core::DetError;
 
 use super::head::{RegionSpotHead, RegionSpotHeadConfig};
-use crate::clip::{Clip, ClipConfig, ClipLayout, l2_normalize};
-use crate::sam::{Sam, SamConfig};
+use crate::clip::{Clip, ClipConfig, ClipLayout, SmallClip, l2_normalize};
+use crate::sam::{
+    ImageEncoderViTConfig, MaskDecoderConfig, PromptEncoderConfig, Sam, SamConfig,
+    TwoWayTransformerConfig,
+};
 use crate::tokenizer::{TextTokenizer, batch_tensors};
 
 /// The official 81 prompt templates (`prompt_engineering.get_prompt_templates`); a class's text
@@ -102,6 +105,36 @@ pub struct RegionSpotConfig {
     pub clip: ClipConfig,
     /// The trainable module; its `sam_dim`, `clip_dim`, `text_dim` must match the two.
     pub head: RegionSpotHeadConfig,
+    /// Side of the square input CLIP sees of a whole image (the official 224: CLIP's own
+    /// resolution; a larger side interpolates CLIP's position embeddings).
+    #[config(default = 224)]
+    pub clip_input: usize,
+}
+
+/// Sizes of a small RegionSpot built from scratch ([`RegionSpotConfig::small`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmallRegionSpot {
+    /// SAM's input side.
+    pub sam_size: usize,
+    /// SAM's patch size.
+    pub sam_patch: usize,
+    /// SAM's encoder width.
+    pub sam_width: usize,
+    /// SAM's encoder blocks (the last one global).
+    pub sam_depth: usize,
+    /// SAM's window size (windowed blocks).
+    pub sam_window: usize,
+    /// SAM's token width (neck output, prompt encoder and mask decoder).
+    pub sam_dim: usize,
+    /// CLIP (its `image_size` is the teacher's crop side, its `heads` every block's heads:
+    /// SAM's, CLIP's and the module's).
+    pub clip: SmallClip,
+    /// CLIP's input side for whole images ([`RegionSpotConfig::clip_input`]).
+    pub clip_input: usize,
+    /// Layers of the trainable module.
+    pub head_layers: usize,
+    /// Feed-forward width of the module.
+    pub head_ffn: usize,
 }
 
 impl RegionSpotConfig {
@@ -123,26 +156,113 @@ impl RegionSpotConfig {
         )
     }
 
-    /// Builds the model with fresh weights, SAM and CLIP frozen (see [`RegionSpot::freeze`]).
+    /// A small RegionSpot for the synthetic world: a SAM of `sizes` (the prompt encoder and
+    /// mask decoder at its token width, MLPs 2× wide), a small CLIP over a word vocabulary of
+    /// `vocab_size` ids padded to `context_length` ([`ClipConfig::small`]), and a module of
+    /// `head_layers` layers.
+    pub fn small(sizes: SmallRegionSpot, vocab_size: usize, context_length: usize) -> Self {
+        let s = sizes;
+        let heads = s.clip.heads;
+        let grid = s.sam_size / s.sam_patch.max(1);
+        let encoder = ImageEncoderViTConfig::new()
+            .with_img_size(s.sam_size)
+            .with_patch_size(s.sam_patch)
+            .with_embed_dim(s.sam_width)
+            .with_depth(s.sam_depth)
+            .with_num_heads(heads)
+            .with_out_chans(s.sam_dim)
+            .with_window_size(s.sam_window)
+            .with_global_attn_indexes(vec![s.sam_depth.saturating_sub(1)]);
+        let sam = SamConfig::new(
+            encoder,
+            PromptEncoderConfig::new()
+                .with_embed_dim(s.sam_dim)
+                .with_image_embedding_size([grid, grid])
+                .with_input_image_size([s.sam_size, s.sam_size])
+                .with_mask_in_chans(8),
+            MaskDecoderConfig::new()
+                .with_transformer_dim(s.sam_dim)
+                .with_transformer(
+                    TwoWayTransformerConfig::new()
+                        .with_embedding_dim(s.sam_dim)
+                        .with_num_heads(heads)
+                        .with_mlp_dim(2 * s.sam_dim),
+                )
+                .with_iou_head_hidden_dim(s.sam_dim),
+        );
+        let clip = ClipConfig::small(s.clip, vocab_size, context_length);
+        let head = RegionSpotHeadConfig::new()
+            .with_sam_dim(s.sam_dim)
+            .with_clip_dim(s.clip.width)
+            .with_text_dim(s.clip.embed_dim)
+            .with_heads(heads)
+            .with_layers(s.head_layers)
+            .with_ffn_dim(s.head_ffn);
+        Self::new(sam, clip, head).with_clip_input(s.clip_input)
+    }
+
+    /// Checks the sizes: SAM's side a multiple of its patch, CLIP's geometry
+    /// ([`ClipConfig::validate`]) and whole-image side, the module's widths those of SAM and
+    /// CLIP.
     ///
     /// # Errors
-    /// [`DetError::InvalidOption`] when the module's widths do not fit SAM and CLIP.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<RegionSpot<B>, DetError> {
+    /// [`DetError::InvalidOption`] naming what is wrong.
+    pub fn validate(&self) -> Result<(), DetError> {
+        let bad = |why: String| {
+            Err(DetError::InvalidOption {
+                op: "regionspot model",
+                why,
+            })
+        };
+        let e = &self.sam.image_encoder;
+        if e.patch_size == 0 || e.img_size == 0 || !e.img_size.is_multiple_of(e.patch_size) {
+            return bad(format!(
+                "sam.image_encoder.img_size ({}) must be a positive multiple of its patch_size \
+                 ({})",
+                e.img_size, e.patch_size
+            ));
+        }
+        if e.depth == 0 || e.num_heads == 0 || !e.embed_dim.is_multiple_of(e.num_heads) {
+            return bad(format!(
+                "SAM's encoder needs a block and a width ({}) divisible by its heads ({})",
+                e.embed_dim, e.num_heads
+            ));
+        }
+        self.clip.validate()?;
+        let patch = self.clip.vision.patch_size;
+        if self.clip_input == 0 || !self.clip_input.is_multiple_of(patch) {
+            return bad(format!(
+                "clip_input ({}) must be a positive multiple of CLIP's patch size ({patch})",
+                self.clip_input
+            ));
+        }
         let sam_dim = self.sam.mask_decoder.transformer_dim;
         let (clip_dim, text_dim) = (self.clip.vision.width, self.clip.vision.embed_dim);
         let head = &self.head;
         if (head.sam_dim, head.clip_dim, head.text_dim) != (sam_dim, clip_dim, text_dim)
             || self.clip.text.embed_dim != text_dim
         {
-            return Err(DetError::InvalidOption {
-                op: "RegionSpotConfig::init",
-                why: format!(
-                    "the module maps {} → {} → {}, SAM gives {sam_dim}, CLIP's vision width is \
-                     {clip_dim} and its embeddings {text_dim} (text {})",
-                    head.sam_dim, head.clip_dim, head.text_dim, self.clip.text.embed_dim
-                ),
-            });
+            return bad(format!(
+                "the module maps {} → {} → {}, SAM gives {sam_dim}, CLIP's vision width is \
+                 {clip_dim} and its embeddings {text_dim} (text {})",
+                head.sam_dim, head.clip_dim, head.text_dim, self.clip.text.embed_dim
+            ));
         }
+        if head.heads == 0 || !head.clip_dim.is_multiple_of(head.heads) {
+            return bad(format!(
+                "the module's heads ({}) must divide its width ({})",
+                head.heads, head.clip_dim
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the model with fresh weights, SAM and CLIP frozen (see [`RegionSpot::freeze`]).
+    ///
+    /// # Errors
+    /// [`DetError::InvalidOption`] when the module's widths do not fit SAM and CLIP.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<RegionSpot<B>, DetError> {
+        self.validate()?;
         Ok(RegionSpot {
             sam: self.sam.init(device),
             clip: self.clip.init(device),

@@ -9,6 +9,7 @@ use super::roi::MultiScaleRoiAlign;
 use super::rpn::{Proposals, RpnConfig, RpnHead, RpnOutputs, select_proposals};
 use super::sampling::HostBox;
 use super::text::{cosine_logits, vild_text_logits};
+use crate::clip::Clip;
 use crate::fpn::{ExtraLevels, Fpn, FpnConfig};
 use crate::layers::NormMode;
 use crate::resnet::{ResNet, ResNetConfig};
@@ -104,20 +105,39 @@ impl VildConfig {
         .with_embed_dim(embed_dim)
     }
 
+    /// Checks the sizes: positive widths, one block per backbone stage at least, five anchor
+    /// sizes (P2–P6).
+    ///
+    /// # Errors
+    /// [`DetError::InvalidOption`] naming what is wrong.
+    pub fn validate(&self) -> detclip_core::Result<()> {
+        let b = &self.backbone;
+        if self.embed_dim == 0
+            || self.roi.representation == 0
+            || self.fpn_channels == 0
+            || b.width == 0
+            || b.stem_channels == 0
+            || b.layers.contains(&0)
+            || self.rpn.anchor_sizes.len() != 5
+        {
+            return Err(DetError::InvalidOption {
+                op: "Vild",
+                why: format!(
+                    "embed_dim, representation, fpn_channels, the backbone's widths and blocks \
+                     must be positive and there must be 5 anchor sizes (P2–P6): {self}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Builds the detector with fresh weights.
     ///
     /// # Errors
     /// [`DetError::InvalidOption`] for invalid backbone/FPN sizes, no anchor level or a zero
     /// width.
     pub fn init<B: Backend>(&self, device: &B::Device) -> detclip_core::Result<Vild<B>> {
-        if self.embed_dim == 0 || self.roi.representation == 0 || self.rpn.anchor_sizes.len() != 5 {
-            return Err(DetError::InvalidOption {
-                op: "Vild",
-                why: format!(
-                    "embed_dim and representation must be positive and there must be 5 anchor sizes (P2–P6): {self}"
-                ),
-            });
-        }
+        self.validate()?;
         let c = self.fpn_channels;
         let linear = |i, o| LinearConfig::new(i, o).init(device);
         let r = self.roi.representation;
@@ -334,5 +354,25 @@ impl<B: Backend> Vild<B> {
             });
         }
         Ok(cosine_logits(image_embeddings, classes, self.temperature))
+    }
+}
+
+/// ViLD's detector with its frozen CLIP: what a ViLD run trains (the detector) and keeps beside
+/// it (CLIP's text tower gives the classifier, its image tower the ViLD-image targets).
+#[derive(Module, Debug)]
+pub struct VildModel<B: Backend> {
+    /// The detector (trained).
+    pub detector: Vild<B>,
+    /// CLIP (frozen).
+    pub clip: Clip<B>,
+}
+
+impl<B: Backend> VildModel<B> {
+    /// A model of this detector and CLIP (CLIP frozen).
+    pub fn new(detector: Vild<B>, clip: Clip<B>) -> Self {
+        Self {
+            detector,
+            clip: clip.no_grad(),
+        }
     }
 }

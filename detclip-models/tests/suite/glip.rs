@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use detclip_core::DetError;
 use detclip_core::assign::{AnchorGenerator, AtssOptions, atss_assign};
@@ -11,14 +10,15 @@ use detclip_core::data::Span;
 use detclip_core::ops::DeltaBoxCoder;
 use detclip_models::glip::{
     BiMultiHeadAttentionConfig, DyConvConfig, GlipBackbone, GlipBackboneConfig, GlipConfig,
-    GlipInferenceConfig, GlipLossConfig, GlipOutput, GlipTarget, PhraseTokens, XMhaFusionConfig,
-    fusion_block_keys, glip_detect, glip_keys, glip_loss, glip_resnet_keys, positive_tokens,
+    GlipGeometry, GlipLossConfig, GlipOutput, GlipTarget, GlipTestConfig, PhraseTokens,
+    XMhaFusionConfig, fusion_block_keys, glip_detect, glip_keys, glip_loss, glip_resnet_keys,
+    positive_tokens,
 };
 use detclip_models::import::{KeyMap, LoadOptions, load_checkpoint};
 use detclip_models::resnet::ResNetConfig;
 use regex::Regex;
 
-use crate::harness::{Fixture, assert_close, fixtures, max_abs_diff, to_vec};
+use crate::harness::{Fixture, LazyShapes, assert_close, fixtures, max_abs_diff, to_vec};
 
 fn compare<B: Backend, const D: usize>(
     case: &str,
@@ -344,33 +344,6 @@ backend_test! {
     }
 }
 
-/// Every parameter's path, the type of the module holding it and its shape, read without
-/// materialising lazily initialised parameters.
-#[derive(Default)]
-struct LazyShapes {
-    path: Vec<String>,
-    containers: Vec<String>,
-    found: Vec<(String, String, Vec<usize>)>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for LazyShapes {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push(name.into());
-        self.containers.push(container_type.into());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-        self.containers.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let container = self.containers.last().cloned().unwrap_or_default();
-        self.found
-            .push((self.path.join("."), container, param.lazy_shape().to_vec()));
-    }
-}
-
 /// The official key suffix and shape our parameter loads from: Linear weights are stored
 /// `[out, in]`, norms' `gamma`/`beta` are `weight`/`bias`.
 fn as_official(path: &str, container: &str, shape: &[usize]) -> (String, Vec<usize>) {
@@ -579,7 +552,7 @@ backend_test! {
         let tower_grad = |config: GlipConfig, term: usize| -> f32 {
             let model = config.init::<B>(device).unwrap();
             let out = model.forward(images.clone(), ids.clone(), mask.clone()).unwrap();
-            let losses = glip_loss(&out, mask.clone(), &targets, &GlipLossConfig::default()).unwrap();
+            let losses = glip_loss(&out, mask.clone(), &targets, &GlipLossConfig::default(), &GlipGeometry::default()).unwrap();
             let loss = [losses.token, losses.giou, losses.centerness][term].clone();
             let grads = loss.backward();
             let w = model.dyconvs.last().unwrap().convs[0].conv.weight.val();
@@ -605,7 +578,7 @@ backend_test! {
             GlipTarget { boxes: vec![[4.0, 6.0, 40.0, 50.0]], tokens: vec![vec![1, 2]] },
             GlipTarget { boxes: vec![[30.0, 5.0, 60.0, 30.0], [0.0, 0.0, 64.0, 64.0]], tokens: vec![vec![3], vec![4, 5]] },
         ];
-        let losses = glip_loss(&out, mask, &targets, &GlipLossConfig::default()).unwrap();
+        let losses = glip_loss(&out, mask, &targets, &GlipLossConfig::default(), &GlipGeometry::default()).unwrap();
         assert!(losses.num_positives > 0);
         for term in [&losses.token, &losses.giou, &losses.centerness] {
             let v = to_vec(term.clone())[0];
@@ -699,7 +672,7 @@ backend_test! {
         }
         let out = GlipOutput { logits, bbox_reg, centerness, sizes };
         let mask = Tensor::<B::InnerBackend, 2, Int>::from_ints(mask, device);
-        let losses = glip_loss(&out, mask.clone(), &targets, &config).unwrap();
+        let losses = glip_loss(&out, mask.clone(), &targets, &config, &GlipGeometry::default()).unwrap();
         assert_eq!(losses.num_positives, num_pos);
         let token = to_vec(losses.token)[0];
         assert!((token - expected).abs() < 1e-4 * expected.max(1.0), "token {token} vs {expected}");
@@ -707,9 +680,9 @@ backend_test! {
         assert!(to_vec(losses.giou)[0].abs() < 1e-4);
         assert!((to_vec(losses.centerness)[0] - std::f32::consts::LN_2).abs() < 1e-5);
         // Wrong inputs are refused.
-        assert!(glip_loss(&out, mask.clone(), &targets[..1], &config).is_err());
+        assert!(glip_loss(&out, mask.clone(), &targets[..1], &config, &GlipGeometry::default()).is_err());
         let bad = vec![GlipTarget { boxes: vec![[0.0, 0.0, 8.0, 8.0]], tokens: vec![vec![7]] }; 2];
-        assert!(glip_loss(&out, mask, &bad, &config).is_err());
+        assert!(glip_loss(&out, mask, &bad, &config, &GlipGeometry::default()).is_err());
     }
 }
 
@@ -736,8 +709,8 @@ backend_test! {
             vec![PhraseTokens { class: 3, tokens: vec![1, 2] }, PhraseTokens { class: 4, tokens: vec![4] }],
             vec![PhraseTokens { class: 7, tokens: vec![1, 2] }],
         ];
-        let config = GlipInferenceConfig::default();
-        let dets = glip_detect(&out, &phrases, &[0, 0], &config).unwrap();
+        let config = GlipTestConfig::default();
+        let dets = glip_detect(&out, &phrases, &[0, 0], &config, &GlipGeometry::default()).unwrap();
         assert_eq!(dets.len(), 1);
         let d = &dets[0];
         assert_eq!(d.classes, vec![3, 7]);
@@ -750,11 +723,11 @@ backend_test! {
         let anchors: Vec<[f32; 4]> = AnchorGenerator::atss().grid_anchors_host(&sizes).unwrap().into_iter().flatten().collect();
         assert_eq!(d.boxes, vec![anchors[k0], anchors[k1]]);
         // As two images, each row gives its own detection.
-        let dets = glip_detect(&out, &phrases, &[0, 1], &config).unwrap();
+        let dets = glip_detect(&out, &phrases, &[0, 1], &config, &GlipGeometry::default()).unwrap();
         assert_eq!(dets.iter().map(|d| d.classes.clone()).collect::<Vec<_>>(), vec![vec![3], vec![7]]);
         // A phrase outside the prompt, or too few prompts, is refused.
         let bad = vec![vec![PhraseTokens { class: 0, tokens: vec![9] }]; 2];
-        assert!(glip_detect(&out, &bad, &[0, 0], &config).is_err());
-        assert!(glip_detect(&out, &phrases[..1], &[0], &config).is_err());
+        assert!(glip_detect(&out, &bad, &[0, 0], &config, &GlipGeometry::default()).is_err());
+        assert!(glip_detect(&out, &phrases[..1], &[0], &config, &GlipGeometry::default()).is_err());
     }
 }

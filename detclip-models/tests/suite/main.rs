@@ -10,6 +10,7 @@ mod harness;
 mod align;
 mod bert;
 mod clip;
+mod dense;
 mod detclipv2;
 mod fpn;
 mod glip;

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use detclip_core::DetError;
@@ -14,7 +13,7 @@ use detclip_models::sam::{
 };
 use regex::Regex;
 
-use crate::harness::{Fixture, assert_close, fixtures, max_abs_diff, to_vec};
+use crate::harness::{Fixture, LazyShapes, assert_close, fixtures, max_abs_diff, to_vec};
 
 const TOL: f32 = 1e-4;
 
@@ -263,34 +262,6 @@ fn sam_released_configs_have_the_official_shapes() {
         assert_eq!(config.prompt_encoder.mask_in_chans, 16);
         assert_eq!(config.mask_decoder.transformer.mlp_dim, 2048);
         assert_eq!(config.mask_decoder.transformer.num_heads, 8);
-    }
-}
-
-/// Every parameter's path, the type of the module holding it (Burn reports a parameter's
-/// field under its parent's container type) and its shape, read without materialising lazily
-/// initialised parameters.
-#[derive(Default)]
-struct LazyShapes {
-    path: Vec<String>,
-    containers: Vec<String>,
-    found: Vec<(String, String, Vec<usize>)>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for LazyShapes {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push(name.into());
-        self.containers.push(container_type.into());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-        self.containers.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let container = self.containers.last().cloned().unwrap_or_default();
-        self.found
-            .push((self.path.join("."), container, param.lazy_shape().to_vec()));
     }
 }
 

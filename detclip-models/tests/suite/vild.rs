@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use detclip_core::DetError;
@@ -21,7 +20,7 @@ use detclip_models::vild::{
 };
 use regex::Regex;
 
-use crate::harness::{Fixture, assert_close, fixtures, max_abs_diff, to_vec};
+use crate::harness::{Fixture, LazyShapes, assert_close, fixtures, max_abs_diff, to_vec};
 
 const EMBED: usize = 8;
 const TEMPERATURE: f64 = 0.01;
@@ -426,32 +425,6 @@ backend_test! {
         }
         let err = predict(&model, images, classes, &[true], &VildPredictConfig::new()).unwrap_err();
         assert!(matches!(err, DetError::Shape { what: "is_base", .. }), "{err}");
-    }
-}
-
-/// Every parameter's path, container type and (lazy) shape.
-#[derive(Default)]
-struct LazyShapes {
-    path: Vec<String>,
-    containers: Vec<String>,
-    found: Vec<(String, String, Vec<usize>)>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for LazyShapes {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push(name.into());
-        self.containers.push(container_type.into());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-        self.containers.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let container = self.containers.last().cloned().unwrap_or_default();
-        self.found
-            .push((self.path.join("."), container, param.lazy_shape().to_vec()));
     }
 }
 

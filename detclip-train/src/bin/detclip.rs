@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use detclip_core::backend::{DeviceSpec, run_on};
-use detclip_train::check::Check;
+use detclip_core::check::Check;
 use detclip_train::commands::{self, AnyRecipe};
 use detclip_train::eval_cli::{self, Format};
 use detclip_train::learner::RunOptions;

@@ -51,6 +51,7 @@ type Micro = (BTreeMap<String, f64>, f64, GradientsParams);
 /// (times the loss scale, when half precision scales the loss).
 fn micro_grads<R: Recipe, B: DetclipAutodiffBackend>(
     recipe: &R,
+    cx: &R::Context,
     model: &R::Model<B>,
     batch: &Batch<B>,
     vocabulary: &[String],
@@ -60,7 +61,7 @@ fn micro_grads<R: Recipe, B: DetclipAutodiffBackend>(
 where
     R::Model<B>: AutodiffModule<B>,
 {
-    let terms = recipe.loss(model, batch, vocabulary)?;
+    let terms = recipe.loss(cx, model, batch, vocabulary)?;
     let mut total = terms.total()? / micro_batches as f32;
     if loss_scale != 1.0 {
         total = total * loss_scale;
@@ -74,6 +75,7 @@ where
 /// the results in device order.
 fn round<R: Recipe, B: DetclipAutodiffBackend>(
     recipe: &R,
+    cx: &R::Context,
     replicas: &[R::Model<B>],
     batches: Vec<(Batch<B>, Vec<String>)>,
     micro_batches: usize,
@@ -93,6 +95,7 @@ where
                 scope.spawn(move || {
                     micro_grads(
                         &recipe,
+                        cx,
                         &replica,
                         &batch,
                         &vocabulary,
@@ -122,6 +125,7 @@ where
 /// main device, `devices[0]`, where `model` lives.
 pub fn step_grads<R: Recipe, B: DetclipAutodiffBackend>(
     recipe: &R,
+    cx: &R::Context,
     model: &R::Model<B>,
     sampler: &mut JointSampler,
     devices: &[B::Device],
@@ -165,6 +169,7 @@ where
             let (batch, vocabulary) = batches.pop().expect("one batch");
             vec![micro_grads(
                 recipe,
+                cx,
                 model,
                 &batch,
                 &vocabulary,
@@ -172,7 +177,7 @@ where
                 loss_scale,
             )?]
         } else {
-            round(recipe, &replicas, batches, micro_batches, loss_scale)?
+            round(recipe, cx, &replicas, batches, micro_batches, loss_scale)?
         };
         for (i, (values, sum, grads)) in results.into_iter().enumerate() {
             for (k, v) in values {

@@ -13,22 +13,21 @@
 //!   concepts, NMS, top-k; `contrastive` (λ · the text-to-image contrastive loss over max or
 //!   soft-max word–region aggregation, [`detclip_models::align`]).
 //! - Inference: the vocabulary is encoded once
-//!   ([`ConceptCache`](detclip_models::detclipv2::ConceptCache)); score
-//!   `√(σ(logit) · σ(centerness))`, class-wise NMS.
+//!   ([`ConceptCache`](detclip_models::detclipv2::ConceptCache)) and the model detects
+//!   ([`DetClipV2::detect`]): score `√(σ(logit) · σ(centerness))`, class-wise NMS.
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::sigmoid;
-use detclip_core::assign::{LevelAnchors, decode_distances_batched};
+use detclip_core::assign::LevelAnchors;
 use detclip_core::data::{Batch, Sample, SourceKind, TestTransform};
 use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_core::{DetError, Result};
+use detclip_models::dense::DenseTestConfig;
 use detclip_models::detclipv2::{
     DetClipV2, DetClipV2Config, DetClipV2LossConfig, HeadOutput, ImageBoxes,
 };
 use serde::{Deserialize, Serialize};
 
-use super::dense::{DenseTestConfig, dense_detections};
 use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig, SyntheticSplit};
 use crate::learner::LearnerConfig;
 use crate::recipe::{Detected, LossTerms, Recipe};
@@ -253,9 +252,14 @@ impl DetClipV2Recipe {
 impl Recipe for DetClipV2Recipe {
     const NAME: &'static str = "detclipv2";
     type Model<B: Backend> = DetClipV2<B>;
+    type Context = ();
 
     fn build<B: Backend>(&self, device: &B::Device) -> Result<DetClipV2<B>> {
         self.model.init(device)
+    }
+
+    fn context(&self) -> Result<()> {
+        Ok(())
     }
 
     fn learner(&self) -> &LearnerConfig {
@@ -296,6 +300,7 @@ impl Recipe for DetClipV2Recipe {
 
     fn loss<B: DetclipAutodiffBackend>(
         &self,
+        _cx: &(),
         model: &DetClipV2<B>,
         batch: &Batch<B>,
         vocabulary: &[String],
@@ -332,17 +337,21 @@ impl Recipe for DetClipV2Recipe {
 
     fn detect<B: DetclipOps>(
         &self,
+        _cx: &(),
         model: &DetClipV2<B>,
         batch: &Batch<B>,
         vocabulary: &[String],
         threshold: f32,
     ) -> Result<Vec<Vec<Detected>>> {
         let cache = model.concept_cache(vocabulary)?;
-        let (out, logits) = model.forward_cached(batch.images.clone(), &cache)?;
-        let anchors = LevelAnchors::new(&out.sizes, self.model.anchor_scale)?;
-        let [n, a, _] = logits.dims();
-        let scores = (sigmoid(logits) * sigmoid(out.centerness.clone()).reshape([n, a, 1])).sqrt();
-        let boxes = decode_distances_batched(out.bbox, &anchors);
-        dense_detections(scores, boxes, &batch.image_sizes, threshold, &self.test)
+        let dets = model.detect(
+            &self.model,
+            batch.images.clone(),
+            &batch.image_sizes,
+            &cache,
+            threshold,
+            &self.test,
+        )?;
+        Ok(dets.into_iter().map(Detected::all).collect())
     }
 }

@@ -1,7 +1,6 @@
 //! The recipes. Each is a typed struct with named presets; `detclip train --recipe NAME`
 //! picks one by its [`Recipe::NAME`](crate::recipe::Recipe::NAME).
 //!
-//! - [`dense`]: inference settings and post-processing shared by the dense one-stage recipes
 //! - [`shapes`]: a small open-vocabulary detector for the synthetic world (the learner's test
 //!   recipe and `detclip demo`'s model)
 //! - [`regionspot`], RegionSpot: frozen SAM + frozen CLIP, a trained cross-attention
@@ -13,7 +12,6 @@
 //! - [`vild`]: ViLD — a two-stage detector with a CLIP text classifier, distilled from CLIP's
 //!   image embeddings of its proposals
 
-pub mod dense;
 pub mod detclipv2;
 pub mod glip;
 pub mod regionspot;

@@ -180,3 +180,87 @@ fn every_committed_config_loads() {
         dir.display()
     );
 }
+
+/// Every recipe's model section is its model's own config: every preset validates, a bad size
+/// is refused by the model's `validate` with the field's name, and each preset's JSON reads
+/// back as the same config.
+#[test]
+fn every_recipe_embeds_its_models_config_and_the_model_checks_it() {
+    use detclip_train::recipe::Recipe;
+    use detclip_train::recipes::{DetClipV2Recipe, GlipRecipe, RegionSpotRecipe, VildRecipe};
+
+    let names = AnyRecipe::names();
+    assert_eq!(names, ["shapes", "regionspot", "detclipv2", "glip", "vild"]);
+    for preset in AnyRecipe::presets() {
+        let name = preset.name();
+        let loaded = AnyRecipe::load(name, None).unwrap();
+        assert_eq!(loaded.name(), name);
+    }
+    fn round_trip<R: Recipe>(r: &R) {
+        r.validate().unwrap();
+        let json = serde_json::to_string(r).unwrap();
+        let back: R = parse_config(&json, "preset.json").unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), json, "{}", R::NAME);
+    }
+    round_trip(&GlipRecipe::synthetic());
+    round_trip(&VildRecipe::synthetic());
+    round_trip(&RegionSpotRecipe::synthetic());
+    round_trip(&DetClipV2Recipe::synthetic());
+    round_trip(&ShapesRecipe::demo());
+
+    // One field of a model is one edit, and the model's own check names it.
+    let mut glip = GlipRecipe::tiny();
+    glip.model.fusion_heads = 3;
+    let err = glip.validate().unwrap_err().to_string();
+    assert!(err.contains("divisible"), "{err}");
+    let mut glip = GlipRecipe::tiny();
+    glip.model.anchor_scale = 0.0;
+    let err = glip.validate().unwrap_err().to_string();
+    assert!(err.contains("anchor_scale"), "{err}");
+    let mut glip = GlipRecipe::tiny();
+    glip.model.bert.max_position_embeddings = 8;
+    let err = glip.validate().unwrap_err().to_string();
+    assert!(err.contains("max_position_embeddings"), "{err}");
+    let mut vild = VildRecipe::tiny();
+    vild.clip.vision.heads = 3;
+    let err = vild.validate().unwrap_err().to_string();
+    assert!(err.contains("heads"), "{err}");
+    let mut rs = RegionSpotRecipe::tiny();
+    rs.model.clip_input = 33;
+    let err = rs.validate().unwrap_err().to_string();
+    assert!(err.contains("clip_input"), "{err}");
+    let mut rs = RegionSpotRecipe::tiny();
+    rs.model.head.text_dim += 1;
+    let err = rs.validate().unwrap_err().to_string();
+    assert!(err.contains("module"), "{err}");
+    let mut shapes = ShapesRecipe::tiny();
+    shapes.model.anchor_scale = f32::NAN;
+    let err = shapes.validate().unwrap_err().to_string();
+    assert!(err.contains("anchor_scale"), "{err}");
+}
+
+/// GLIP's anchors and coder are the model's: the preset's scale of 4 strides reaches the
+/// geometry the loss and inference use, and the default geometry is the released one.
+#[test]
+fn glip_geometry_comes_from_the_model_config() {
+    use detclip_models::glip::{GlipConfig, GlipGeometry};
+    use detclip_train::recipes::GlipRecipe;
+
+    let g = GlipRecipe::synthetic().model.geometry();
+    let sizes: Vec<f32> = g
+        .anchors
+        .levels
+        .iter()
+        .map(|l| l.sizes[0] / l.stride)
+        .collect();
+    assert_eq!(sizes, vec![4.0; 5]);
+    let released = GlipGeometry::default();
+    assert_eq!(released, GlipConfig::glip_t().geometry());
+    assert!(
+        released
+            .anchors
+            .levels
+            .iter()
+            .all(|l| l.sizes == vec![8.0 * l.stride])
+    );
+}

@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use detclip_core::data::prompt::PromptFormat;
+use detclip_models::glip::GlipDetector;
 use detclip_models::glip::described_prompts;
 use detclip_train::learner::{RunFiles, init_model, load_trained, read_log, train};
 use detclip_train::recipe::{ParamGroup, Recipe};
 use detclip_train::recipes::GlipRecipe;
-use detclip_train::recipes::glip::{FineTune, GlipDetector};
+use detclip_train::recipes::glip::FineTune;
 
 use crate::harness::{Collect, locked, quiet, scratch};
 
@@ -107,7 +108,7 @@ fn a_mode_and_its_frozen_groups_must_agree() {
 fn dyhead_ablation_switches_reach_the_model_and_zero_groups_means_no_group_norm() {
     let mut recipe = GlipRecipe::tiny();
     // Defaults: the released block.
-    let config = recipe.glip_config().unwrap();
+    let config = &recipe.model;
     assert!(config.scale_attention && config.dyrelu && config.deformable);
     assert!(config.norm_groups > 0 && config.fusion_image_norm);
     recipe.model.scale_attention = false;
@@ -115,16 +116,29 @@ fn dyhead_ablation_switches_reach_the_model_and_zero_groups_means_no_group_norm(
     recipe.model.norm_groups = 0;
     recipe.model.fusion_image_norm = false;
     assert!(recipe.validate().is_ok());
-    let config = recipe.glip_config().unwrap();
-    assert!(!config.scale_attention && !config.dyrelu && config.norm_groups == 0);
-    assert!(!config.fusion_image_norm);
-    // The fields are left out of a config that keeps the defaults, and read back when set.
-    let json = serde_json::to_value(GlipRecipe::tiny()).unwrap();
-    for field in ["dyrelu", "scale_attention", "fusion_image_norm"] {
-        assert!(json["model"].get(field).is_none(), "{field}");
-    }
-    let back: GlipRecipe = serde_json::from_value(serde_json::to_value(&recipe).unwrap()).unwrap();
-    assert_eq!(back, recipe);
+    // The switches reach the built model: no GroupNorm in the DyHead blocks.
+    let model = locked(|| recipe.build::<burn::backend::NdArray>(&Default::default())).unwrap();
+    assert!(
+        model
+            .glip
+            .dyconvs
+            .iter()
+            .all(|b| b.convs.iter().all(|c| c.bn.is_none()))
+    );
+    // The model section is `GlipConfig` as Burn writes it: every field named (a missing one
+    // is refused by its name), and set switches read back.
+    let mut json = serde_json::to_value(GlipRecipe::tiny()).unwrap();
+    json["model"]
+        .as_object_mut()
+        .unwrap()
+        .remove("scale_attention");
+    let err = serde_json::from_value::<GlipRecipe>(json)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("scale_attention"), "{err}");
+    let saved = serde_json::to_value(&recipe).unwrap();
+    let back: GlipRecipe = serde_json::from_value(saved.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&back).unwrap(), saved);
     // Groups that do not divide the channels are still refused.
     recipe.model.norm_groups = recipe.model.channels + 1;
     let err = recipe.validate().unwrap_err().to_string();
@@ -184,7 +198,8 @@ backend_test! {
         assert!(chunks.len() >= 3, "{} chunks", chunks.len());
         let model = locked(|| init_model::<_, B::InnerBackend>(&recipe, device)).unwrap();
         let samples = eval.samples(detclip_core::data::synthetic::Split::Test).unwrap();
-        let dets = detclip_train::evaluate::predict(&recipe, &model, &samples[..2], &vocabulary, 0.0, 2, device).unwrap();
+        let cx = recipe.context().unwrap();
+        let dets = detclip_train::evaluate::predict(&recipe, &cx, &model, &samples[..2], &vocabulary, 0.0, 2, device).unwrap();
         assert_eq!(dets.len(), 2);
         for d in &dets {
             // Every class of every chunk is scored at every anchor (no NMS, no threshold).

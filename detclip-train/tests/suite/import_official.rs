@@ -37,7 +37,7 @@ backend_test! {
         let (_, imported) =
             locked(|| load_trained::<GlipRecipe, B::InnerBackend>(&path, device)).unwrap();
         let mut direct =
-            locked(|| recipe.glip_config().unwrap().init::<B::InnerBackend>(device).map(materialised)).unwrap();
+            locked(|| recipe.model.init::<B::InnerBackend>(device).map(materialised)).unwrap();
         let options = LoadOptions { top_level_key: Some("model".into()), ..Default::default() };
         load_checkpoint(&mut direct, &official, &glip_keys(recipe.model.num_layers), &options).unwrap();
 
@@ -96,8 +96,11 @@ backend_test! {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut recipe = GlipRecipe::tiny();
     recipe.text.tokenizer = Some(here.join("tokenizer_bert64.json"));
+    // BERT's word-piece count must be the file's: the error says which value to set.
+    let err = recipe.validate().unwrap_err().to_string();
+    assert!(err.contains("model.bert.vocab_size") && err.contains("64"), "{err}");
+    recipe.model.bert.vocab_size = 64;
     recipe.validate().unwrap();
-    assert_eq!(recipe.glip_config().unwrap().bert.vocab_size, 64);
     // The recipe's tokenizer gives transformers' ids for the same file.
     let want: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(here.join("glip_bert64_ids.json")).unwrap())
@@ -124,7 +127,7 @@ backend_test! {
     .unwrap();
     let (_, imported) = locked(|| load_trained::<GlipRecipe, B::InnerBackend>(&path, device)).unwrap();
     let mut direct =
-        locked(|| recipe.glip_config().unwrap().init::<B::InnerBackend>(device).map(materialised)).unwrap();
+        locked(|| recipe.model.init::<B::InnerBackend>(device).map(materialised)).unwrap();
     let options = LoadOptions { top_level_key: Some("model".into()), ..Default::default() };
     load_checkpoint(&mut direct, &fixture("glip_tiny_official.pth"), &glip_keys(recipe.model.num_layers), &options)
         .unwrap();

@@ -2,11 +2,11 @@
 //! uninterrupted one exactly, `init_from` starts a run from another's model, frozen groups
 //! stay put, detections are written.
 
+use detclip_models::shapes::ShapesDetector;
 use detclip_train::detect::detect_and_write;
 use detclip_train::learner::{RunFiles, StepLog, init_model, load_trained, read_log, train};
 use detclip_train::recipe::ParamGroup;
 use detclip_train::recipes::ShapesRecipe;
-use detclip_train::recipes::shapes::ShapesDetector;
 
 use crate::harness::{floats, init_lock, locked, quiet, scratch};
 

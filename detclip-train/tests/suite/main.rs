@@ -10,7 +10,6 @@ mod harness;
 mod checkpoint;
 mod config;
 mod data_flag;
-mod dense;
 mod detclipv2;
 mod eval_cli;
 mod eval_set;

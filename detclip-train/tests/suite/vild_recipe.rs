@@ -13,9 +13,7 @@ use detclip_train::learner::{
 };
 use detclip_train::recipe::{Recipe, parse_config};
 use detclip_train::recipes::VildRecipe;
-use detclip_train::recipes::regionspot::TextSide;
 use detclip_train::recipes::vild::VildModel;
-use detclip_train::recipes::vild::{VildClip, VildDetectorSize};
 use detclip_train::vild::{PrecomputeOptions, load_teachers, precompute};
 
 use crate::harness::{Fixture, floats, init_lock, locked, materialised, quiet, scratch};
@@ -63,11 +61,12 @@ backend_test! {
         };
         let set = EvalSet::of(&loaded).unwrap().unwrap();
         assert!(!set.held_out.is_empty());
-        let report = evaluate_model(&loaded, &model, &set, 4, device).unwrap();
+        let cx = loaded.context().unwrap();
+        let report = evaluate_model(&loaded, &cx, &model, &set, 4, device).unwrap();
         assert!(report.held_out.is_some(), "the evaluation reports held-out AP");
         assert!(report.all.AP.is_finite() && report.all.AP >= 0.0);
         assert_eq!(
-            model.cached_classes(),
+            cx.cached_classes(),
             set.vocabulary.len(),
             "every evaluated name's embedding is computed once and cached"
         );
@@ -83,6 +82,7 @@ backend_test! {
         }
         recipe.loss.image_weight = 0.0;
         let (batch, vocabulary) = first_batch::<B>(&recipe, device);
+        let cx = recipe.context().unwrap();
         let held: Vec<&String> = batch
             .samples
             .iter()
@@ -109,7 +109,7 @@ backend_test! {
             let _g = init_lock();
             init_model::<_, B>(&recipe, device).unwrap()
         };
-        let terms = recipe.loss(&model, &batch, &vocabulary).unwrap();
+        let terms = recipe.loss(&cx, &model, &batch, &vocabulary).unwrap();
         assert!(term(&terms, "text").unwrap().is_finite());
     }
 }
@@ -119,23 +119,24 @@ backend_test! {
         let mut recipe = VildRecipe::tiny();
         recipe.teacher = None;
         let (batch, vocabulary) = first_batch::<B>(&recipe, device);
+        let cx = recipe.context().unwrap();
         let (model, other_vision) = {
             let _g = init_lock();
             let model = init_model::<_, B>(&recipe, device).unwrap();
             B::seed(device, 99);
-            let other = materialised(recipe.clip_config().unwrap().init::<B>(device).vision);
+            let other = materialised(recipe.clip.init::<B>(device).vision);
             (model, other)
         };
         recipe.loss.image_weight = 0.0;
-        let without = recipe.loss(&model, &batch, &vocabulary).unwrap();
+        let without = recipe.loss(&cx, &model, &batch, &vocabulary).unwrap();
         assert_eq!(term(&without, "image"), None);
         recipe.loss.image_weight = 0.5;
-        let with = recipe.loss(&model, &batch, &vocabulary).unwrap();
+        let with = recipe.loss(&cx, &model, &batch, &vocabulary).unwrap();
         let image = term(&with, "image").unwrap();
         assert!(image > 0.0 && image.is_finite());
 
         // The teacher: M proposals per image, unit embeddings from CLIP's image tower.
-        let teachers = recipe.teacher_regions(&model, &batch).unwrap();
+        let teachers = recipe.teacher_regions(&cx, &model, &batch).unwrap();
         assert_eq!(teachers.len(), batch.samples.len());
         for t in &teachers {
             assert!(!t.boxes.is_empty() && t.boxes.len() <= recipe.loss.proposals);
@@ -150,7 +151,7 @@ backend_test! {
             text: model.clip.text.clone(),
             logit_scale: model.clip.logit_scale.clone(),
         });
-        let changed = recipe.loss(&swapped, &batch, &vocabulary).unwrap();
+        let changed = recipe.loss(&cx, &swapped, &batch, &vocabulary).unwrap();
         let (t0, t1) = (term(&with, "text").unwrap(), term(&changed, "text").unwrap());
         assert!((t0 - t1).abs() < 1e-5, "text {t0} vs {t1}");
         let i1 = term(&changed, "image").unwrap();
@@ -178,7 +179,7 @@ backend_test! {
             shard_size: 4,
             short_side: 64,
             max_long: Some(96),
-            crop_size: recipe.clip.image_size() as u32,
+            crop_size: recipe.clip.vision.image_size as u32,
             ..Default::default()
         };
         precompute::<I<B>>(&inner.detector, &inner.clip.vision, &samples, &dir, &options, device)
@@ -187,14 +188,15 @@ backend_test! {
         recipe.validate().unwrap();
         let stored = load_teachers(&dir).unwrap();
         let (batch, vocabulary) = first_batch::<B>(&recipe, device);
-        let teachers = recipe.teacher_regions(&model, &batch).unwrap();
+        let cx = recipe.context().unwrap();
+        let teachers = recipe.teacher_regions(&cx, &model, &batch).unwrap();
         for (s, t) in batch.samples.iter().zip(&teachers) {
             let want = &stored[&s.key];
             assert_eq!(t.boxes.len(), want.boxes.len());
             let got: Vec<f32> = t.embeddings.clone().into_data().convert::<f32>().to_vec().unwrap();
             assert_eq!(got, want.embeddings, "the stored embeddings are the target");
         }
-        let terms = recipe.loss(&model, &batch, &vocabulary).unwrap();
+        let terms = recipe.loss(&cx, &model, &batch, &vocabulary).unwrap();
         assert!(term(&terms, "image").unwrap() > 0.0);
     }
 }
@@ -224,10 +226,19 @@ fn vild_bad_configs_are_errors() {
     r.templates = vec!["no slot".into()];
     assert!(r.validate().is_err(), "template without {{}}");
     let mut r = ok.clone();
-    if let VildClip::Small(c) = &mut r.clip {
-        c.image_size = 18;
-    }
+    r.clip.vision.image_size = 18;
     assert!(r.validate().is_err(), "side not a multiple of the patch");
+    let mut r = ok.clone();
+    r.clip.text.vocab_size += 1;
+    let err = r.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("vocab_size"),
+        "the word vocabulary must size CLIP's text: {err}"
+    );
+    let mut r = ok.clone();
+    r.model.embed_dim += 1;
+    let err = r.validate().unwrap_err().to_string();
+    assert!(err.contains("embed_dim"), "{err}");
     // A released CLIP: its weights must exist, it is not pre-trained, and it reads names
     // through its tokenizer.
     let (released, _) = released_tiny();
@@ -238,9 +249,7 @@ fn vild_bad_configs_are_errors() {
     r.text = ok.text.clone();
     assert!(r.validate().unwrap_err().to_string().contains("tokenizer"));
     let mut r = released.clone();
-    if let VildClip::Released { weights, .. } = &mut r.clip {
-        *weights = "/nonexistent/clip.pt".into();
-    }
+    r.clip_weights = Some("/nonexistent/clip.pt".into());
     assert!(
         r.validate()
             .unwrap_err()
@@ -248,11 +257,9 @@ fn vild_bad_configs_are_errors() {
             .contains("/nonexistent/clip.pt")
     );
     let mut r = released.clone();
-    if let VildDetectorSize::Small(s) = &mut r.detector {
-        s.width = 0;
-    }
+    r.model.backbone.width = 0;
     let err = r.validate().unwrap_err().to_string();
-    assert!(err.contains("detector sizes"), "{err}");
+    assert!(err.contains("backbone"), "{err}");
     released.validate().unwrap();
 
     // JSON: the preset round-trips; unknown fields and bad values are errors, not panics.
@@ -304,16 +311,11 @@ fn released_tiny() -> (VildRecipe, std::path::PathBuf) {
             .with_layout(layout)
             .with_pooling(EotPooling::ArgMax),
     );
-    let mut r = VildRecipe::tiny();
-    r.clip = VildClip::Released {
+    let mut r = VildRecipe::tiny().with_released_clip(
         config,
-        weights: fixtures.join("vild_clip_openai.safetensors"),
-    };
-    r.text = TextSide::Tokenizer {
-        path: root.join("../detclip-models/tests/fixtures/tokenizer_clip_tiny.json"),
-        context: 48,
-    };
-    r.teacher = None;
+        fixtures.join("vild_clip_openai.safetensors"),
+        root.join("../detclip-models/tests/fixtures/tokenizer_clip_tiny.json"),
+    );
     r.templates = CLIP_TEMPLATES.iter().map(|t| t.to_string()).collect();
     (r, fixtures)
 }
@@ -329,7 +331,8 @@ backend_test! {
         })
         .unwrap();
         let names: Vec<String> = CLIP_NAMES.iter().map(|n| n.to_string()).collect();
-        let got = recipe.class_embeddings(&built, &names, device).unwrap();
+        let cx = recipe.context().unwrap();
+        let got = recipe.class_embeddings(&cx, &built, &names, device).unwrap();
         let got = got.into_data().convert::<f32>().to_vec::<f32>().unwrap();
         let want = Fixture::load(&fixtures, "vild_clip_io.safetensors").f32s("class_embeddings");
         let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);

@@ -6,7 +6,7 @@
 //! - The model is [`RegionSpot`] itself: SAM and CLIP carry no gradient, so the learner's
 //!   optimiser never sees them and keeps no state for them.
 //! - SAM and CLIP come from official checkpoints ([`FrozenWeights`]) or, on the synthetic
-//!   world, from the small CLIP teacher pre-trained by [`teacher`] before the first step
+//!   world, from the small CLIP teacher pre-trained by [`teacher`](crate::teacher) before the first step
 //!   ([`Recipe::prepare`]).
 //! - Their outputs can be cached per image ([`RegionSpotRecipe::cache_dir`], filled by
 //!   `detclip regionspot cache`, see [`cache_features`]), since they never change.
@@ -14,8 +14,12 @@
 //!   (ground truth in evaluation), each box scored against every class.
 
 mod cache;
-pub mod teacher;
-mod text;
+mod config;
+
+use config::TEMPLATE;
+pub use config::{
+    FrozenWeights, Recognizer, RegionSpotLossSettings, RegionSpotRecipe, RegionSpotTestConfig,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -24,350 +28,26 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use detclip_core::data::synthetic::{Split, World, WorldConfig};
-use detclip_core::data::{Batch, Normalize, SourceKind, TestTransform};
+use detclip_core::data::{Batch, Normalize, TestTransform};
 use detclip_core::ext::DetclipAutodiffBackend;
 use detclip_core::{DetError, Result};
-use detclip_models::clip::{
-    ClipConfig, ClipLayout, ClipTextConfig, ClipVisionConfig, EotPooling, l2_normalize,
-};
+use detclip_models::clip::{imagenet_to_clip, l2_normalize};
 use detclip_models::import::{LoadOptions, load_checkpoint};
 use detclip_models::regionspot::{
-    FrozenFeatures, RegionSpot, RegionSpotConfig, RegionSpotHeadConfig, RegionSpotLossConfig,
-    cached_frozen_features, clip_grid_side, regionspot_loss,
+    FrozenFeatures, RegionSpot, RegionSpotLossConfig, cached_frozen_features, clip_grid_side,
+    regionspot_loss,
 };
-use detclip_models::sam::{
-    ImageEncoderViTConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig,
-    TwoWayTransformerConfig, sam_keys,
-};
-use serde::{Deserialize, Serialize};
+use detclip_models::sam::sam_keys;
 
 pub use cache::{CacheReport, cache_features};
-pub use teacher::{SamTarget, TeacherConfig, TeacherReport};
-pub use text::{TextSide, words_of};
 
-use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig};
-use crate::learner::{Decay, LearnerConfig};
+use crate::data::DataConfig;
+use crate::learner::LearnerConfig;
 use crate::mask::Rle;
 use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
-
-/// Sizes of small SAM- and CLIP-shaped encoders (the synthetic world, tests).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmallSizes {
-    /// SAM's input side.
-    pub sam_size: usize,
-    /// SAM's patch size.
-    pub sam_patch: usize,
-    /// SAM's encoder width.
-    pub sam_width: usize,
-    /// SAM's encoder blocks.
-    pub sam_depth: usize,
-    /// SAM's window size (windowed blocks).
-    pub sam_window: usize,
-    /// SAM's token width (neck output, prompt encoder and mask decoder).
-    pub sam_dim: usize,
-    /// CLIP's training resolution (the teacher's crops).
-    pub clip_size: usize,
-    /// CLIP's input side for whole images (position embeddings are interpolated).
-    pub clip_input: usize,
-    /// CLIP's patch size.
-    pub clip_patch: usize,
-    /// CLIP's vision width.
-    pub clip_width: usize,
-    /// CLIP's text width.
-    pub text_width: usize,
-    /// Blocks of each CLIP tower.
-    pub clip_layers: usize,
-    /// CLIP's joint embedding width.
-    pub embed_dim: usize,
-    /// Attention heads (SAM, CLIP and the module).
-    pub heads: usize,
-    /// Layers of the trainable module.
-    pub head_layers: usize,
-    /// Feed-forward width of the module.
-    pub head_ffn: usize,
-}
-
-/// Which SAM and CLIP.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum RegionSpotModel {
-    /// SAM ViT-B and CLIP ViT-B/16 at 224 (the official `CLIP_400M`).
-    VitB16,
-    /// SAM ViT-B and CLIP ViT-L/14 at 224 (`CLIP_400M_Large`).
-    VitL14,
-    /// Small encoders of these sizes.
-    Small(SmallSizes),
-}
-
-/// Official SAM and CLIP checkpoints, loaded before training.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FrozenWeights {
-    /// `sam_vit_b_01ec64.pth`.
-    pub sam: PathBuf,
-    /// OpenAI's CLIP state dict (`ViT-B-16.pt` / `ViT-L-14.pt` saved as a state dict).
-    pub clip: PathBuf,
-}
-
-/// Loss settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionSpotLossSettings {
-    /// Focal α.
-    pub alpha: f32,
-    /// Focal γ.
-    pub gamma: f32,
-}
-
-/// Inference settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionSpotTestConfig {
-    /// Shorter side of the test resize.
-    pub short_side: u32,
-    /// Cap on the longer side.
-    pub max_long: Option<u32>,
-    /// Detections kept per image (box × class pairs, best first).
-    pub max_detections: usize,
-}
-
-/// The `regionspot` recipe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionSpotRecipe {
-    /// SAM and CLIP.
-    pub model: RegionSpotModel,
-    /// How class names are tokenised.
-    pub text: TextSide,
-    /// Prompt templates, each with one `{}`; a class embedding is the normalised mean over
-    /// them.
-    pub templates: Vec<String>,
-    /// Official SAM and CLIP weights, if any.
-    pub weights: Option<FrozenWeights>,
-    /// The small CLIP teacher's pre-training (synthetic world), if any.
-    pub teacher: Option<TeacherConfig>,
-    /// Where SAM's and CLIP's outputs are cached per image, if anywhere.
-    pub cache_dir: Option<PathBuf>,
-    /// Whether the module's cross-attention keys carry SAM's positional encoding of each CLIP
-    /// patch ([`detclip_models::regionspot::RegionSpotHead::key_pos`]; not in the official
-    /// module, so `false` by default and for official checkpoints).
-    #[serde(default)]
-    pub key_positions: bool,
-    /// Whether the module's cross-attention queries carry SAM's positional encoding of each
-    /// box's centre ([`detclip_models::regionspot::RegionSpotHead::query_pos`]; not in the
-    /// official module).
-    #[serde(default)]
-    pub query_positions: bool,
-    /// Whether the module layer-normalises CLIP's tokens first (the official `ln_clip`, which
-    /// the official forward defines but never calls).
-    #[serde(default)]
-    pub clip_norm: bool,
-    /// What scores the boxes at inference: the trained module (the default) or, as a
-    /// baseline, CLIP's own feature map pooled in each box.
-    #[serde(default)]
-    pub recognizer: Recognizer,
-    /// The loss.
-    pub loss: RegionSpotLossSettings,
-    /// Inference.
-    pub test: RegionSpotTestConfig,
-    /// Training sources (detection or grounding: boxes are the prompts) and evaluation set.
-    pub data: DataConfig,
-    /// The learner.
-    pub learner: LearnerConfig,
-}
-
-/// What scores a box against the classes at inference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Recognizer {
-    /// RegionSpot: the trained module's semantic token.
-    #[default]
-    Module,
-    /// The baseline the module must beat: CLIP's patch tokens projected into the joint space
-    /// (`proj(ln_post(·))`, as the class token is) and averaged over the patches whose centre
-    /// lies in the box (the patch under the box's centre when none does). SAM and the module
-    /// are not used for the scores.
-    PooledClip,
-}
-
-const TEMPLATE: &str = "a photo of a {}.";
+use crate::teacher::{self};
 
 impl RegionSpotRecipe {
-    /// The synthetic-world preset: small SAM and CLIP, the CLIP teacher pre-trained on every
-    /// concept, the module trained on base concepts, evaluated on seen and held-out ones.
-    ///
-    /// The module departs from the official one in three switches (all off by default, so
-    /// official checkpoints load unchanged): `clip_norm` (the official, never-called
-    /// `ln_clip`), and SAM's positional encoding on the keys (`key_positions`) and queries
-    /// (`query_positions`). Without them the module cannot find its box in the small CLIP's
-    /// feature map and seen AP stays at chance (the book's RegionSpot chapter has the runs).
-    pub fn synthetic() -> Self {
-        let world = |seed, images| {
-            SyntheticConfig::new(seed, images, (112, 160), (3, 20), SourceKind::Detection)
-        };
-        let names = World::new(WorldConfig::default())
-            .map(|w| w.vocabulary(Split::Test))
-            .unwrap_or_default();
-        let templates = vec![TEMPLATE.to_string()];
-        Self {
-            model: RegionSpotModel::Small(SmallSizes {
-                sam_size: 128,
-                sam_patch: 8,
-                sam_width: 32,
-                sam_depth: 2,
-                sam_window: 4,
-                sam_dim: 32,
-                clip_size: 32,
-                clip_input: 128,
-                clip_patch: 8,
-                clip_width: 64,
-                text_width: 64,
-                clip_layers: 2,
-                embed_dim: 32,
-                heads: 4,
-                head_layers: 2,
-                head_ffn: 128,
-            }),
-            text: TextSide::Words {
-                words: words_of(&names, &templates),
-                context: 8,
-            },
-            templates,
-            weights: None,
-            teacher: Some(TeacherConfig {
-                world_seed: 77,
-                images: 600,
-                steps: 400,
-                batch_size: 64,
-                lr: 2e-3,
-                margin: 0.1,
-                scenes_per_step: 8,
-                sam_steps: 300,
-                sam_target: SamTarget::Mask,
-                sam_token_box_weight: 1.0,
-            }),
-            cache_dir: None,
-            key_positions: true,
-            query_positions: true,
-            clip_norm: true,
-            recognizer: Recognizer::Module,
-            loss: RegionSpotLossSettings {
-                alpha: 0.25,
-                gamma: 2.0,
-            },
-            test: RegionSpotTestConfig {
-                short_side: 128,
-                max_long: Some(192),
-                max_detections: 100,
-            },
-            data: DataConfig {
-                sources: vec![SourceConfig::synthetic(
-                    "detection",
-                    world(1, 1500),
-                    8,
-                    vec![128],
-                )],
-                eval: Some(
-                    SyntheticConfig {
-                        kind: SourceKind::Grounding,
-                        ..world(3, 150)
-                    }
-                    .into(),
-                ),
-                size_divisor: 32,
-            },
-            learner: {
-                let mut l = LearnerConfig::adamw(1200, 1e-3);
-                l.optim.clip_grad_norm = Some(1.0);
-                l.schedule.warmup_steps = 30;
-                l.schedule.decay = Decay::Cosine { min_factor: 0.05 };
-                l.checkpoint_every = 100;
-                l
-            },
-        }
-    }
-
-    /// A tiny preset for tests: narrow encoders, a short teacher, a few dozen steps.
-    pub fn tiny() -> Self {
-        let mut r = Self::synthetic();
-        r.model = RegionSpotModel::Small(SmallSizes {
-            sam_size: 64,
-            sam_patch: 8,
-            sam_width: 16,
-            sam_depth: 1,
-            sam_window: 4,
-            sam_dim: 16,
-            clip_size: 16,
-            clip_input: 32,
-            clip_patch: 8,
-            clip_width: 16,
-            text_width: 16,
-            clip_layers: 1,
-            embed_dim: 16,
-            heads: 2,
-            head_layers: 1,
-            head_ffn: 32,
-        });
-        if let Some(t) = &mut r.teacher {
-            t.images = 8;
-            t.steps = 4;
-            t.batch_size = 8;
-            t.scenes_per_step = 2;
-            t.sam_steps = 3;
-        }
-        let tiny_world =
-            |seed, images, kind| SyntheticConfig::new(seed, images, (64, 80), (2, 16), kind);
-        for s in &mut r.data.sources {
-            s.dataset = DatasetConfig::Synthetic(tiny_world(1, 12, SourceKind::Detection));
-            s.short_sides = vec![64];
-            s.max_long = Some(96);
-            s.batch_size = 2;
-            s.flip_prob = 0.0;
-        }
-        r.data.eval = Some(tiny_world(3, 4, SourceKind::Grounding).into());
-        r.test.short_side = 64;
-        r.test.max_long = Some(96);
-        r.learner.steps = 20;
-        r.learner.optim.lr = 3e-3;
-        r.learner.schedule.warmup_steps = 2;
-        r.learner.checkpoint_every = 10;
-        r.learner.eval_batch_size = 4;
-        r
-    }
-
-    /// The model configuration these settings describe.
-    ///
-    /// # Errors
-    /// [`DetError::InvalidOption`] when the text side does not fit the model.
-    pub fn model_config(&self) -> Result<RegionSpotConfig> {
-        let mut config = self.base_model_config()?;
-        config.head.key_positions = self.key_positions;
-        config.head.query_positions = self.query_positions;
-        config.head.clip_norm = self.clip_norm;
-        Ok(config)
-    }
-
-    fn base_model_config(&self) -> Result<RegionSpotConfig> {
-        match &self.model {
-            RegionSpotModel::VitB16 => Ok(RegionSpotConfig::vit_b_16()),
-            RegionSpotModel::VitL14 => Ok(RegionSpotConfig::vit_l_14()),
-            RegionSpotModel::Small(s) => {
-                let vocab = self
-                    .text
-                    .vocab_size()
-                    .ok_or_else(|| DetError::InvalidOption {
-                        op: "regionspot",
-                        why: "small encoders take a word vocabulary (`text: words`), not a \
-                          tokenizer file"
-                            .into(),
-                    })?;
-                Ok(small_config(s, vocab, self.text.context()))
-            }
-        }
-    }
-
     /// The frozen models' inputs for image `i` of a batch: SAM's `[1, 3, S, S]` and CLIP's
     /// `[1, 3, C, C]` (the image padded to a square at the bottom and right, as SAM pads,
     /// then resized), and the factor that maps batch pixels to SAM's frame.
@@ -384,10 +64,10 @@ impl RegionSpotRecipe {
         let square = Tensor::<B, 4>::zeros([1, 3, side, side], &device)
             .slice_assign(s![.., .., 0..h, 0..w], image);
         let sam_side = model.sam.image_encoder.img_size();
-        let clip_side = self.clip_input();
+        let clip_side = self.model.clip_input;
         let bilinear = || InterpolateOptions::new(InterpolateMode::Bilinear);
         let sam = interpolate(square.clone(), [sam_side, sam_side], bilinear());
-        let clip = to_clip_normalisation(interpolate(square, [clip_side, clip_side], bilinear()));
+        let clip = imagenet_to_clip(interpolate(square, [clip_side, clip_side], bilinear()));
         (sam, clip, sam_side as f32 / side as f32)
     }
 
@@ -429,13 +109,6 @@ impl RegionSpotRecipe {
             .collect())
     }
 
-    fn clip_input(&self) -> usize {
-        match &self.model {
-            RegionSpotModel::Small(s) => s.clip_input,
-            _ => 224,
-        }
-    }
-
     /// SAM's and CLIP's outputs for image `i` of a batch with `boxes` (batch pixels): read
     /// from or written to the cache when there is one.
     fn frozen<B: Backend>(
@@ -454,15 +127,7 @@ impl RegionSpotRecipe {
         match &self.cache_dir {
             Some(dir) => {
                 let key = format!("{}/{}", self.frozen_fingerprint(), batch.samples[i].key);
-                cached_frozen_features(
-                    model,
-                    &self.model_config()?,
-                    dir,
-                    Path::new(&key),
-                    &scaled,
-                    sam,
-                    clip,
-                )
+                cached_frozen_features(model, &self.model, dir, Path::new(&key), &scaled, sam, clip)
             }
             None => {
                 let flat: Vec<f32> = scaled.iter().flatten().copied().collect();
@@ -565,89 +230,18 @@ fn pooled_clip_logits<B: Backend>(
     Ok((pooled.matmul(classes.transpose()) * logit_scale).unsqueeze())
 }
 
-/// ImageNet-normalised pixels (the data pipeline's) to CLIP's normalisation.
-fn to_clip_normalisation<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let imagenet = Normalize::imagenet();
-    let device = x.device();
-    let per_channel = |f: &dyn Fn(usize) -> f32| {
-        Tensor::<B, 1>::from_data(
-            TensorData::new((0..3).map(f).collect::<Vec<_>>(), [3]),
-            &device,
-        )
-        .reshape([1, 3, 1, 1])
-    };
-    let a = per_channel(&|c| imagenet.std[c] / teacher::CLIP_STD[c]);
-    let b = per_channel(&|c| (imagenet.mean[c] - teacher::CLIP_MEAN[c]) / teacher::CLIP_STD[c]);
-    x * a + b
-}
-
-fn small_config(s: &SmallSizes, vocab: usize, context: usize) -> RegionSpotConfig {
-    let grid = s.sam_size / s.sam_patch;
-    let encoder = ImageEncoderViTConfig::new()
-        .with_img_size(s.sam_size)
-        .with_patch_size(s.sam_patch)
-        .with_embed_dim(s.sam_width)
-        .with_depth(s.sam_depth)
-        .with_num_heads(s.heads)
-        .with_out_chans(s.sam_dim)
-        .with_window_size(s.sam_window)
-        .with_global_attn_indexes(vec![s.sam_depth - 1]);
-    let sam = SamConfig::new(
-        encoder,
-        PromptEncoderConfig::new()
-            .with_embed_dim(s.sam_dim)
-            .with_image_embedding_size([grid, grid])
-            .with_input_image_size([s.sam_size, s.sam_size])
-            .with_mask_in_chans(8),
-        MaskDecoderConfig::new()
-            .with_transformer_dim(s.sam_dim)
-            .with_transformer(
-                TwoWayTransformerConfig::new()
-                    .with_embedding_dim(s.sam_dim)
-                    .with_num_heads(s.heads)
-                    .with_mlp_dim(2 * s.sam_dim),
-            )
-            .with_iou_head_hidden_dim(s.sam_dim),
-    );
-    let layout = ClipLayout::OpenAi;
-    let clip = ClipConfig::new(
-        ClipVisionConfig::new()
-            .with_image_size(s.clip_size)
-            .with_patch_size(s.clip_patch)
-            .with_width(s.clip_width)
-            .with_layers(s.clip_layers)
-            .with_heads(s.heads)
-            .with_mlp_width(4 * s.clip_width)
-            .with_embed_dim(s.embed_dim)
-            .with_layout(layout),
-        ClipTextConfig::new()
-            .with_vocab_size(vocab)
-            .with_context_length(context)
-            .with_width(s.text_width)
-            .with_layers(s.clip_layers)
-            .with_heads(s.heads)
-            .with_mlp_width(4 * s.text_width)
-            .with_embed_dim(s.embed_dim)
-            .with_layout(layout)
-            .with_pooling(EotPooling::ArgMax),
-    );
-    let head = RegionSpotHeadConfig::new()
-        .with_sam_dim(s.sam_dim)
-        .with_clip_dim(s.clip_width)
-        .with_text_dim(s.embed_dim)
-        .with_heads(s.heads)
-        .with_layers(s.head_layers)
-        .with_ffn_dim(s.head_ffn);
-    RegionSpotConfig::new(sam, clip, head)
-}
-
 impl Recipe for RegionSpotRecipe {
     const NAME: &'static str = "regionspot";
     const GIVEN_BOXES: bool = true;
     type Model<B: Backend> = RegionSpot<B>;
+    type Context = ();
 
     fn build<B: Backend>(&self, device: &B::Device) -> Result<RegionSpot<B>> {
-        self.model_config()?.init(device)
+        self.model.init(device)
+    }
+
+    fn context(&self) -> Result<()> {
+        Ok(())
     }
 
     fn learner(&self) -> &LearnerConfig {
@@ -723,8 +317,13 @@ impl Recipe for RegionSpotRecipe {
             )?;
             model = model.freeze();
         }
-        if let (Some(t), RegionSpotModel::Small(s)) = (&self.teacher, &self.model) {
-            let data = teacher::teacher_data(t, s.clip_size, s.clip_input, s.sam_size)?;
+        if let Some(t) = &self.teacher {
+            let data = teacher::teacher_data(
+                t,
+                self.model.clip.vision.image_size,
+                self.model.clip_input,
+                self.model.sam.image_encoder.img_size,
+            )?;
             let template = self.templates.first().map_or(TEMPLATE, String::as_str);
             let seed = self.learner.seed;
             let (clip, report) =
@@ -757,6 +356,7 @@ impl Recipe for RegionSpotRecipe {
 
     fn loss<B: AutodiffBackend>(
         &self,
+        _cx: &(),
         model: &RegionSpot<B>,
         batch: &Batch<B>,
         vocabulary: &[String],
@@ -796,6 +396,7 @@ impl Recipe for RegionSpotRecipe {
 
     fn detect<B: Backend>(
         &self,
+        _cx: &(),
         model: &RegionSpot<B>,
         batch: &Batch<B>,
         vocabulary: &[String],
@@ -817,7 +418,7 @@ impl Recipe for RegionSpotRecipe {
                 Recognizer::Module => model.forward_cached(&features, classes.clone())?.logits,
                 Recognizer::PooledClip => {
                     let (h, w) = batch.image_sizes[i];
-                    let scale = self.clip_input() as f32 / h.max(w) as f32;
+                    let scale = self.model.clip_input as f32 / h.max(w) as f32;
                     pooled_clip_logits(model, &features, &boxes, scale, classes.clone())?
                 }
             };
@@ -852,53 +453,6 @@ impl Recipe for RegionSpotRecipe {
     }
 
     fn validate(&self) -> Result<()> {
-        self.learner.validate()?;
-        self.data.validate()?;
-        self.text.validate()?;
-        if let Some(t) = &self.teacher {
-            t.validate()?;
-        }
-        let bad = |why: String| {
-            Err(DetError::InvalidOption {
-                op: "regionspot",
-                why,
-            })
-        };
-        if self.templates.is_empty() || self.templates.iter().any(|t| !t.contains("{}")) {
-            return bad("give at least one template, each with one `{}`".into());
-        }
-        if self.test.max_detections == 0 {
-            return bad("test.max_detections must be positive".into());
-        }
-        if let Some(s) = self.data.sources.iter().find(|s| is_image_text(&s.dataset)) {
-            return bad(format!(
-                "source `{}` holds image-text pairs: RegionSpot trains on boxes (detection or \
-                 grounding sources)",
-                s.name
-            ));
-        }
-        if let RegionSpotModel::Small(s) = &self.model
-            && (s.sam_size % s.sam_patch != 0
-                || s.clip_size % s.clip_patch != 0
-                || s.clip_input % s.clip_patch != 0
-                || s.sam_depth == 0
-                || s.heads == 0
-                || s.clip_width % s.heads != 0
-                || s.sam_dim % s.heads != 0)
-        {
-            return bad(format!(
-                "inconsistent small sizes: {s:?} (sides must be multiples of the patch, widths \
-                 of the heads, depth ≥ 1)"
-            ));
-        }
-        self.model_config().map(|_| ())
-    }
-}
-
-fn is_image_text(dataset: &DatasetConfig) -> bool {
-    match dataset {
-        DatasetConfig::Pairs { .. } => true,
-        DatasetConfig::Synthetic(s) => s.kind == SourceKind::ImageText,
-        _ => false,
+        self.check()
     }
 }

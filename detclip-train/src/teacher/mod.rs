@@ -1,4 +1,6 @@
-//! The CLIP teacher of the synthetic world. RegionSpot borrows its open vocabulary from a
+//! The CLIP teacher of the synthetic world, shared by the RegionSpot and ViLD recipes.
+//!
+//! RegionSpot borrows its open vocabulary from a
 //! CLIP that has seen the whole web, novel classes included, while RegionSpot's own training
 //! data holds base classes only. Released CLIP weights cannot be downloaded here, so the
 //! recipe gives its small CLIP that knowledge itself before freezing it: both towers are
@@ -19,7 +21,7 @@ use burn::tensor::backend::AutodiffBackend;
 use detclip_core::data::synthetic::{Object, Split, World, WorldConfig};
 use detclip_core::data::{Loaded, Orientation};
 use detclip_core::{DetError, Result};
-use detclip_models::clip::{Clip, l2_normalize};
+use detclip_models::clip::{CLIP_MEAN, CLIP_STD, Clip, l2_normalize};
 use detclip_models::sam::Sam;
 use image::imageops::{FilterType, resize};
 use rand::rngs::StdRng;
@@ -27,12 +29,33 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::TextSide;
+mod text;
 
-/// CLIP's pixel normalisation (OpenAI), RGB in `0..=1`.
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// CLIP's pixel standard deviation.
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+use detclip_models::clip::SmallClip;
+pub use text::{TextSide, words_of};
+
+/// The small CLIP of the synthetic world's presets (RegionSpot and ViLD): 32-pixel crops in
+/// 8-pixel patches, two blocks of width 64 and 4 heads per tower, a 32-wide joint space.
+pub const SMALL_CLIP: SmallClip = SmallClip {
+    image_size: 32,
+    patch: 8,
+    width: 64,
+    text_width: 64,
+    layers: 2,
+    heads: 4,
+    embed_dim: 32,
+};
+
+/// The tests' tiny CLIP: 16-pixel crops, one block of width 16 and 2 heads per tower.
+pub const TINY_CLIP: SmallClip = SmallClip {
+    image_size: 16,
+    patch: 8,
+    width: 16,
+    text_width: 16,
+    layers: 1,
+    heads: 2,
+    embed_dim: 16,
+};
 
 /// How the small CLIP teacher is pre-trained before it is frozen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -760,4 +783,55 @@ fn mask_loss<B: Backend>(logits: Tensor<B, 2>, target: Tensor<B, 2>) -> Tensor<B
     let dice = (inter * 2.0 + 1.0) / (sums + 1.0);
     let n = dice.dims()[0];
     bce + (dice.neg() + 1.0).reshape([n]).mean()
+}
+
+/// The teacher's crop-classification accuracy on the base names and on the `held_out`
+/// names (each crop against every name in `template`), from its own crops.
+pub fn split_accuracy<B: Backend>(
+    clip: &Clip<B>,
+    data: &TeacherData,
+    text: &TextSide,
+    template: &str,
+    held_out: &[String],
+    device: &B::Device,
+) -> Result<(f64, f64)> {
+    let crops = &data.crops;
+    let sentences: Vec<String> = crops
+        .names
+        .iter()
+        .map(|n| template.replace("{}", n))
+        .collect();
+    let text = l2_normalize(
+        clip.text
+            .forward(text.ids::<B>(&sentences, device)?)?
+            .text_embeds,
+    );
+    let per = 3 * crops.side * crops.side;
+    let (mut right, mut total) = ([0usize; 2], [0usize; 2]);
+    let rows: Vec<usize> = (0..crops.len()).collect();
+    for chunk in rows.chunks(64) {
+        let mut pixels = Vec::with_capacity(chunk.len() * per);
+        for &r in chunk {
+            pixels.extend_from_slice(&crops.pixels[r * per..][..per]);
+        }
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(pixels, [chunk.len(), 3, crops.side, crops.side]),
+            device,
+        );
+        let image = l2_normalize(clip.vision.forward(x)?.image_embeds);
+        let pred = image.matmul(text.clone().transpose()).argmax(1);
+        let pred: Vec<i64> = pred
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap_or_default();
+        for (&r, p) in chunk.iter().zip(pred) {
+            let label = crops.labels[r];
+            let novel = held_out.contains(&crops.names[label]) as usize;
+            total[novel] += 1;
+            right[novel] += (p as usize == label) as usize;
+        }
+    }
+    let acc = |i: usize| right[i] as f64 / total[i].max(1) as f64;
+    Ok((acc(0), acc(1)))
 }

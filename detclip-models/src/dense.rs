@@ -1,6 +1,6 @@
-//! What the dense one-stage recipes (`shapes`, `detclipv2`) share at test time: their
-//! inference settings and the post-processing from per-anchor concept scores and decoded
-//! boxes to detections.
+//! What the dense one-stage detectors (`shapes`, DetCLIPv2, GLIP) share at test time: the
+//! detections of an image, the inference settings of a dense head and the post-processing
+//! from per-anchor concept scores and decoded boxes to detections.
 
 use burn::prelude::*;
 use detclip_core::data::{Normalize, TestTransform};
@@ -8,7 +8,16 @@ use detclip_core::ops::{batched_nms_slice, top_k_slice};
 use detclip_core::{DetError, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::recipe::Detected;
+/// Detections of one image, by descending score.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Detections {
+    /// Boxes, xyxy in input pixels.
+    pub boxes: Vec<[f32; 4]>,
+    /// Scores in `[0, 1]`.
+    pub scores: Vec<f32>,
+    /// Vocabulary indices.
+    pub classes: Vec<usize>,
+}
 
 /// Inference settings of a dense detector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,19 +46,43 @@ impl DenseTestConfig {
     }
 
     /// Checks sizes and the IoU threshold.
+    ///
+    /// # Errors
+    /// [`DetError::InvalidOption`] naming the first bad value.
     pub fn validate(&self) -> Result<()> {
-        let bad = |why: String| Err(DetError::InvalidOption { op: "test", why });
-        if self.short_side == 0 || self.max_long == Some(0) {
-            return bad("short_side and max_long must be positive".into());
-        }
-        if self.pre_nms_top_k == 0 || self.max_detections == 0 {
-            return bad("pre_nms_top_k and max_detections must be positive".into());
-        }
-        if !(self.nms_iou > 0.0 && self.nms_iou <= 1.0) {
-            return bad(format!("nms_iou must be in (0, 1], got {}", self.nms_iou));
-        }
-        Ok(())
+        check_test_limits(
+            "test",
+            (self.short_side, self.max_long),
+            self.pre_nms_top_k,
+            self.nms_iou,
+            self.max_detections,
+        )
     }
+}
+
+/// The checks every dense head's test settings share: a positive resize, positive candidate
+/// and detection counts, an NMS IoU in `(0, 1]`.
+///
+/// # Errors
+/// [`DetError::InvalidOption`] (named `op`) naming the first bad value.
+pub fn check_test_limits(
+    op: &'static str,
+    (short_side, max_long): (u32, Option<u32>),
+    pre_nms_top_k: usize,
+    nms_iou: f32,
+    max_detections: usize,
+) -> Result<()> {
+    let bad = |why: String| Err(DetError::InvalidOption { op, why });
+    if short_side == 0 || max_long == Some(0) {
+        return bad("short_side and max_long must be positive".into());
+    }
+    if pre_nms_top_k == 0 || max_detections == 0 {
+        return bad("pre_nms_top_k and max_detections must be positive".into());
+    }
+    if !(nms_iou > 0.0 && nms_iou <= 1.0) {
+        return bad(format!("nms_iou must be in (0, 1], got {nms_iou}"));
+    }
+    Ok(())
 }
 
 /// Detections of a batch from per-anchor concept scores and the anchors' decoded boxes: per
@@ -69,7 +102,7 @@ pub fn dense_detections<B: Backend>(
     image_sizes: &[(usize, usize)],
     threshold: f32,
     test: &DenseTestConfig,
-) -> Result<Vec<Vec<Detected>>> {
+) -> Result<Vec<Detections>> {
     let [n, a, c] = scores.dims();
     if boxes.dims() != [n, a, 4] || image_sizes.len() != n {
         return Err(DetError::Shape {
@@ -102,7 +135,7 @@ fn image_detections(
     (h, w): (usize, usize),
     threshold: f32,
     test: &DenseTestConfig,
-) -> Result<Vec<Detected>> {
+) -> Result<Detections> {
     let above: Vec<usize> = (0..scores.len())
         .filter(|&k| scores[k] >= threshold)
         .collect();
@@ -132,14 +165,10 @@ fn image_detections(
         &cand_labels,
         test.nms_iou,
     )?;
-    Ok(keep
-        .into_iter()
-        .take(test.max_detections)
-        .map(|i| Detected {
-            bbox: cand_boxes[i],
-            label: cand_labels[i] as usize,
-            score: cand_scores[i],
-            mask: None,
-        })
-        .collect())
+    let keep = &keep[..keep.len().min(test.max_detections)];
+    Ok(Detections {
+        boxes: keep.iter().map(|&i| cand_boxes[i]).collect(),
+        scores: keep.iter().map(|&i| cand_scores[i]).collect(),
+        classes: keep.iter().map(|&i| cand_labels[i] as usize).collect(),
+    })
 }

@@ -1,20 +1,20 @@
-//! `detclip check`: runs every core op of detclip-core on the chosen device — the custom
+//! The self-check behind `detclip check`: runs every core op of this crate on the chosen device — the custom
 //! CubeCL kernel forward and backward, IoU, the box coder, class-aware NMS, RoIAlign forward
 //! and backward, focal loss — on a detector-sized workload, compares each result with the
 //! CPU reference backend and reports the error and the time.
 
 use std::time::Instant;
 
-use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData, activation::sigmoid};
-use detclip_core::assign::{AnchorGenerator, AtssOptions, atss_assign};
-use detclip_core::backend::{BackendTask, NdArrayBackend};
-use detclip_core::ext::{DetclipAutodiffBackend, sigmoid_gate};
-use detclip_core::loss::{Reduction, sigmoid_focal_loss};
-use detclip_core::ops::{
+use crate::assign::{AnchorGenerator, AtssOptions, atss_assign};
+use crate::backend::{BackendTask, NdArrayBackend};
+use crate::ext::{DetclipAutodiffBackend, sigmoid_gate};
+use crate::loss::{Reduction, sigmoid_focal_loss};
+use crate::ops::{
     DeformConv2dOptions, DeltaBoxCoder, NmsOptions, RoiAlignOptions, box_iou, clip_boxes,
     deform_conv2d, multiclass_nms, roi_align,
 };
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorData, activation::sigmoid};
 use serde::Serialize;
 
 /// One line of the report.
@@ -98,7 +98,7 @@ fn dcn_outputs<B: DetclipAutodiffBackend>(
     t: [&(Vec<f32>, [usize; 4]); 4],
     o: &DeformConv2dOptions,
     device: &B::Device,
-) -> detclip_core::Result<Vec<Vec<f32>>> {
+) -> crate::Result<Vec<Vec<f32>>> {
     let ts: Vec<Tensor<B, 4>> = t
         .iter()
         .map(|v| to::<B, 4>(v, device).require_grad())
@@ -121,7 +121,7 @@ fn dcn_outputs<B: DetclipAutodiffBackend>(
 }
 
 impl BackendTask for Check {
-    type Output = detclip_core::Result<CheckReport>;
+    type Output = crate::Result<CheckReport>;
 
     fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
         let cpu = Default::default();
@@ -154,7 +154,7 @@ impl BackendTask for Check {
             );
             let y = sigmoid_gate(xd.clone(), gd.clone())?;
             let grads = y.clone().sum().backward();
-            Ok::<_, detclip_core::DetError>((
+            Ok::<_, crate::DetError>((
                 host(y),
                 host(xd.grad(&grads).expect("x grad")),
                 host(gd.grad(&grads).expect("g grad")),
@@ -183,7 +183,7 @@ impl BackendTask for Check {
         ));
         let anchors_h = host(anchors.clone());
         let coder = DeltaBoxCoder::default();
-        let (boxes, ms) = timed(|| -> detclip_core::Result<_> {
+        let (boxes, ms) = timed(|| -> crate::Result<_> {
             Ok(host(clip_boxes(
                 coder.decode(to::<B, 2>(&deltas, &device), anchors.clone())?,
                 800.0,
@@ -277,7 +277,7 @@ impl BackendTask for Check {
             .collect();
         let rois = (rois, [keep.len(), 5]);
         let ropts = RoiAlignOptions::new(7, 1.0 / 8.0);
-        let (pooled, ms) = timed(|| -> detclip_core::Result<_> {
+        let (pooled, ms) = timed(|| -> crate::Result<_> {
             let f = to::<B, 4>(&feats, &device).require_grad();
             let out = roi_align(f.clone(), to::<B, 2>(&rois, &device), &ropts)?;
             let grads = out.clone().sum().backward();
@@ -324,7 +324,7 @@ impl BackendTask for Check {
             Distribution::Normal(-4.0, 1.0),
             &device,
         ));
-        let (fl, ms) = timed(|| -> detclip_core::Result<_> {
+        let (fl, ms) = timed(|| -> crate::Result<_> {
             let l = to::<B, 2>(&logits, &device).require_grad();
             let loss = sigmoid_focal_loss(
                 l.clone(),

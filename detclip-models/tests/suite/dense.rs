@@ -1,10 +1,10 @@
-//! The dense recipes' shared post-processing (`recipes::dense`): threshold, top-k, clipping to
+//! The dense heads' shared post-processing (`dense`): threshold, top-k, clipping to
 //! the image, class-wise NMS, the detection cap, and the shape check.
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use detclip_core::DetError;
-use detclip_train::recipes::dense::{DenseTestConfig, dense_detections};
+use detclip_models::dense::{DenseTestConfig, dense_detections};
 
 fn config(pre_nms_top_k: usize, max_detections: usize) -> DenseTestConfig {
     DenseTestConfig {
@@ -36,11 +36,11 @@ backend_test! {
         let (scores, boxes) = inputs::<B::InnerBackend>(device);
         let dets = dense_detections(scores, boxes, &[(40, 50)], 0.2, &config(100, 10)).unwrap();
         assert_eq!(dets.len(), 1);
-        let got: Vec<(usize, f32)> = dets[0].iter().map(|d| (d.label, d.score)).collect();
+        let got: Vec<(usize, f32)> = dets[0].classes.iter().copied().zip(dets[0].scores.iter().copied()).collect();
         // Concept 0: anchor 0 (0.9) suppresses anchor 1 (0.8). Concept 1: anchor 1 (0.7) and
         // anchor 2 (0.6) do not overlap; 0.1 and 0.05 are under the threshold.
         assert_eq!(got, vec![(0, 0.9), (1, 0.7), (1, 0.6)]);
-        assert_eq!(dets[0][2].bbox, [0.0, 30.0, 50.0, 40.0], "clipped to the image");
+        assert_eq!(dets[0].boxes[2], [0.0, 30.0, 50.0, 40.0], "clipped to the image");
     }
 }
 
@@ -50,9 +50,9 @@ backend_test! {
         // Top 2 before NMS: (anchor 0, concept 0) and (anchor 1, concept 0); NMS keeps one.
         let dets = dense_detections(scores.clone(), boxes.clone(), &[(40, 50)], 0.0, &config(2, 10))
             .unwrap();
-        assert_eq!(dets[0].len(), 1);
+        assert_eq!(dets[0].scores.len(), 1);
         let dets = dense_detections(scores, boxes, &[(40, 50)], 0.0, &config(100, 2)).unwrap();
-        let got: Vec<f32> = dets[0].iter().map(|d| d.score).collect();
+        let got = dets[0].scores.clone();
         assert_eq!(got, vec![0.9, 0.7]);
     }
 }

@@ -1,4 +1,4 @@
-//! The text side of the RegionSpot recipe: how class names become CLIP token ids.
+//! The text side of the CLIP recipes (RegionSpot, ViLD): how class names become CLIP token ids.
 //!
 //! Released CLIP models come with their BPE `tokenizer.json`; the synthetic world's small CLIP
 //! uses a word-level vocabulary instead (the world's colour and shape words plus the template
