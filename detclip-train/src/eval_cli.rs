@@ -9,8 +9,8 @@ use std::path::Path;
 
 use detclip_core::Result;
 use detclip_core::eval::{
-    CocoStats, GroundTruth, GroundingSet, evaluate_coco, evaluate_lvis, grounding_recall,
-    load_detections, load_odinw_list, run_odinw,
+    CocoStats, GroundTruth, GroundingSet, LvisLimits, evaluate_coco, evaluate_lvis_with,
+    grounding_recall, load_detections, load_odinw_list, run_odinw,
 };
 use serde_json::Value;
 
@@ -96,20 +96,33 @@ pub fn coco(gt: &Path, dt: &Path, format: Format, per_category: bool) -> Result<
     })
 }
 
-/// `detclip eval lvis`: LVIS box AP of `dt` against `gt`.
-pub fn lvis(gt: &Path, dt: &Path, format: Format, per_category: bool) -> Result<String> {
+/// `detclip eval lvis`: LVIS box AP of `dt` against `gt`; with `fixed_ap = Some(k)`, Fixed AP
+/// (the top `k` detections of each category, no cap per image).
+pub fn lvis(
+    gt: &Path,
+    dt: &Path,
+    format: Format,
+    per_category: bool,
+    fixed_ap: Option<usize>,
+) -> Result<String> {
     let gt = GroundTruth::from_file(gt)?;
     let dts = load_detections(dt, &gt)?;
-    let r = evaluate_lvis(&gt, &dts)?;
+    let limits = fixed_ap.map_or(LvisLimits::STANDARD, LvisLimits::fixed_ap);
+    let r = evaluate_lvis_with(&gt, &dts, limits)?;
     Ok(match format {
         Format::Json => {
             let pc = per_category.then_some(r.per_category_ap.as_slice());
             format!("{}\n", with_per_category(numbers(r.stats.named()), pc))
         }
-        Format::Table if per_category => {
-            r.stats.summary_table() + "\n" + &per_category_table(&r.per_category_ap)
+        Format::Table => {
+            let table = r
+                .stats
+                .summary_table_for(limits.per_image.map_or(-1, |m| m as i64));
+            match per_category {
+                true => table + "\n" + &per_category_table(&r.per_category_ap),
+                false => table,
+            }
         }
-        Format::Table => r.stats.summary_table(),
     })
 }
 

@@ -71,7 +71,10 @@ impl CocoStats {
         ROWS.iter()
             .zip(self.to_array())
             .map(|(&(kind, iou, area, max_det), v)| {
-                format!("{}\n", summary_line(kind, iou, area, max_det, None, v))
+                format!(
+                    "{}\n",
+                    summary_line(kind, iou, area, max_det as i64, None, v)
+                )
             })
             .collect()
     }
@@ -82,7 +85,7 @@ pub(crate) fn summary_line(
     kind: &str,
     iou: &str,
     area: &str,
-    max_det: usize,
+    max_det: i64,
     cat_group: Option<&str>,
     value: f64,
 ) -> String {

@@ -13,6 +13,40 @@ use crate::error::Result;
 /// `LVISResults`' default `max_dets`: detections kept per image (the highest scores).
 pub const LVIS_MAX_DETS: usize = 300;
 
+/// Fixed AP's detections per category (Dave et al. 2021, "Evaluating Large-Vocabulary Object
+/// Detectors: The Devil is in the Details"; K = 10,000 for LVIS).
+pub const FIXED_AP_DETS_PER_CATEGORY: usize = 10_000;
+
+/// Which detections an LVIS evaluation counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LvisLimits {
+    /// Detections kept per image, the highest scores (`LVISResults(max_dets)`, 300); `None`:
+    /// every one.
+    pub per_image: Option<usize>,
+    /// Detections kept per category over the whole dataset, the highest scores; `None`: every
+    /// one. Applied before the per-image limit.
+    pub per_category: Option<usize>,
+}
+
+impl LvisLimits {
+    /// The lvis package's evaluation: 300 detections per image, no limit per category.
+    pub const STANDARD: LvisLimits = LvisLimits {
+        per_image: Some(LVIS_MAX_DETS),
+        per_category: None,
+    };
+
+    /// Fixed AP with `k` detections per category (the paper's K is
+    /// [`FIXED_AP_DETS_PER_CATEGORY`]) and no limit per image, as
+    /// `achalddave/large-vocab-devil`'s `scripts/evaluate_ap_fixed.py` computes it: the GLIP,
+    /// DetCLIPv2, YOLO-World and LLMDet figures on LVIS minival are Fixed AP.
+    pub const fn fixed_ap(k: usize) -> LvisLimits {
+        LvisLimits {
+            per_image: None,
+            per_category: Some(k),
+        }
+    }
+}
+
 /// The 13 numbers of `LVISEval.results`, named as the lvis package names them
 /// (`AR@300` is [`LvisStats::AR300`], `ARs@300` is `ARs300`, …); -1 where undefined.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -68,6 +102,12 @@ impl LvisStats {
 
     /// The `LVISEval.print_results()` printout (13 lines).
     pub fn summary_table(&self) -> String {
+        self.summary_table_for(LVIS_MAX_DETS as i64)
+    }
+
+    /// The printout with `max_dets` in its `maxDets` column (-1 for Fixed AP, whose
+    /// evaluation has no cap per image, as the lvis package prints it).
+    pub fn summary_table_for(&self, max_dets: i64) -> String {
         // (AP/AR, IoU, area, category group) of each entry of `named()`, as lvis prints them.
         const ROWS: [(&str, &str, &str, &str); 13] = [
             ("AP", "0.50:0.95", "all", "all"),
@@ -87,7 +127,7 @@ impl LvisStats {
         ROWS.iter()
             .zip(self.named())
             .map(|(&(kind, iou, area, group), (_, value))| {
-                let line = summary_line(kind, iou, area, LVIS_MAX_DETS, Some(group), value);
+                let line = summary_line(kind, iou, area, max_dets, Some(group), value);
                 format!("{line}\n")
             })
             .collect()
@@ -113,11 +153,33 @@ struct ImageSets {
     not_exhaustive: HashSet<i64>,
 }
 
-/// Evaluates box detections against LVIS ground truth exactly as the lvis package does.
+/// Evaluates box detections against LVIS ground truth exactly as the lvis package does
+/// ([`LvisLimits::STANDARD`]: 300 detections per image).
 ///
 /// Every image needs `neg_category_ids` and `not_exhaustive_category_ids`, every category a
 /// `frequency` of `r`, `c` or `f`; detections must name images and categories of `gt`.
 pub fn evaluate_lvis(gt: &GroundTruth, detections: &[Detection]) -> Result<LvisEvaluation> {
+    evaluate_lvis_with(gt, detections, LvisLimits::STANDARD)
+}
+
+/// [`evaluate_lvis`] counting the detections `limits` keeps: the highest-scoring ones per
+/// category over the dataset (stable on ties: earlier in the file first), then per image.
+/// With [`LvisLimits::fixed_ap`] this is Fixed AP. The summary's recall is then over every
+/// kept detection (the lvis package names it `AR@-1`; [`LvisStats::AR300`] holds it).
+///
+/// # Errors
+/// As [`evaluate_lvis`]; a limit of 0.
+pub fn evaluate_lvis_with(
+    gt: &GroundTruth,
+    detections: &[Detection],
+    limits: LvisLimits,
+) -> Result<LvisEvaluation> {
+    if limits.per_image == Some(0) || limits.per_category == Some(0) {
+        return Err(dataset_err(
+            &gt.source,
+            "an LVIS detection limit of 0 keeps nothing to evaluate".to_string(),
+        ));
+    }
     let index = Index::new(gt);
     let groups = frequency_groups(gt, &index.category_ids)?;
     let mut sets = image_sets(gt)?;
@@ -136,7 +198,15 @@ pub fn evaluate_lvis(gt: &GroundTruth, detections: &[Detection]) -> Result<LvisE
             id: a.id,
         });
     }
-    for d in limit_per_image(detections, LVIS_MAX_DETS) {
+    let by_category: Vec<&Detection> = match limits.per_category {
+        Some(k) => limit_by(detections.iter().collect(), |d| d.category_id, k),
+        None => detections.iter().collect(),
+    };
+    let kept = match limits.per_image {
+        Some(k) => limit_by(by_category, |d| d.image_id, k),
+        None => by_category,
+    };
+    for d in kept {
         let key = index.key(d.image_id, d.category_id, &gt.source, "detection")?;
         let area = d.area();
         let set = &sets[&d.image_id];
@@ -150,9 +220,11 @@ pub fn evaluate_lvis(gt: &GroundTruth, detections: &[Detection]) -> Result<LvisE
             ignore_if_unmatched: set.not_exhaustive.contains(&d.category_id),
         });
     }
+    // The lvis package cuts detections per image only (in `LVISResults`), never per
+    // (image, category) cell: no cell cap.
     let table = engine::evaluate(
         index.category_ids.clone(),
-        vec![LVIS_MAX_DETS],
+        vec![limits.per_image.unwrap_or(usize::MAX)],
         group_by_category(&cells),
     );
     Ok(LvisEvaluation {
@@ -162,16 +234,21 @@ pub fn evaluate_lvis(gt: &GroundTruth, detections: &[Detection]) -> Result<LvisE
     })
 }
 
-/// `LVISResults.limit_dets_per_image`: an image's detections beyond `max_dets` are cut,
-/// keeping the highest scores (stable on ties). The result keeps file order otherwise, which
-/// gives the same per-(image, category) ranking as the lvis package's reordering.
-fn limit_per_image(detections: &[Detection], max_dets: usize) -> Vec<&Detection> {
-    let mut per_image: HashMap<i64, Vec<usize>> = HashMap::new();
+/// The detections of each group (`key`: image, as `LVISResults.limit_dets_per_image`, or
+/// category, as Fixed AP's top-K) beyond `max_dets` are cut, keeping the highest scores
+/// (stable on ties). The result keeps the input order otherwise, which gives the same
+/// per-(image, category) ranking as the reference tools' reordering.
+fn limit_by(
+    detections: Vec<&Detection>,
+    key: impl Fn(&Detection) -> i64,
+    max_dets: usize,
+) -> Vec<&Detection> {
+    let mut groups: HashMap<i64, Vec<usize>> = HashMap::new();
     for (i, d) in detections.iter().enumerate() {
-        per_image.entry(d.image_id).or_default().push(i);
+        groups.entry(key(d)).or_default().push(i);
     }
     let mut keep = vec![true; detections.len()];
-    for indices in per_image.values().filter(|v| v.len() > max_dets) {
+    for indices in groups.values().filter(|v| v.len() > max_dets) {
         let mut ranked = indices.clone();
         ranked.sort_by(|&a, &b| detections[b].score.total_cmp(&detections[a].score));
         for &i in &ranked[max_dets..] {
@@ -179,7 +256,7 @@ fn limit_per_image(detections: &[Detection], max_dets: usize) -> Vec<&Detection>
         }
     }
     detections
-        .iter()
+        .into_iter()
         .zip(keep)
         .filter_map(|(d, k)| k.then_some(d))
         .collect()

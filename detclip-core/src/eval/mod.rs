@@ -28,5 +28,8 @@ pub use coco::{CocoEvaluation, CocoStats, evaluate_coco};
 pub use engine::EvalTable;
 pub use grounding::{GroundingRecall, GroundingSet, grounding_recall};
 pub use json::{Detection, GroundTruth, load_detections, parse_detections};
-pub use lvis::{LvisEvaluation, LvisStats, evaluate_lvis};
+pub use lvis::{
+    FIXED_AP_DETS_PER_CATEGORY, LvisEvaluation, LvisLimits, LvisStats, evaluate_lvis,
+    evaluate_lvis_with,
+};
 pub use odinw::{OdinwReport, load_odinw_list, run_odinw};

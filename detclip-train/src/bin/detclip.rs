@@ -3,7 +3,7 @@
 //! ```text
 //! detclip check [--device cpu|wgpu[:N]|cuda[:N]|auto] [--seed N] [--json]
 //! detclip eval coco --gt GT.json --dt DETECTIONS.json [--json] [--per-category]
-//! detclip eval lvis --gt GT.json --dt DETECTIONS.json [--json] [--per-category]
+//! detclip eval lvis --gt GT.json --dt DETECTIONS.json [--json] [--per-category] [--fixed-ap]
 //! detclip eval odinw --config LIST.json [--json]
 //! detclip eval grounding --input PHRASES.json [--k 1,5,10] [--iou 0.5] [--json]
 //! detclip train --recipe NAME [--config FILE] [--data FILE] [--device auto] [--out DIR] [--resume]
@@ -314,7 +314,8 @@ enum EvalCommand {
         #[arg(long)]
         per_category: bool,
     },
-    /// LVIS box AP, as the lvis package's LVISEval (federated, 300 detections per image).
+    /// LVIS box AP, as the lvis package's LVISEval (federated, 300 detections per image), or
+    /// Fixed AP (`--fixed-ap`).
     Lvis {
         /// Ground truth (LVIS json with neg/not-exhaustive ids and category frequencies).
         #[arg(long)]
@@ -328,6 +329,15 @@ enum EvalCommand {
         /// Also report AP@[.5:.95] per category id.
         #[arg(long)]
         per_category: bool,
+        /// Fixed AP (Dave et al. 2021; what GLIP, DetCLIPv2 and YOLO-World report on LVIS
+        /// minival): the top `--dets-per-cat` detections of each category over the dataset,
+        /// no cap per image.
+        #[arg(long)]
+        fixed_ap: bool,
+        /// Fixed AP's detections per category.
+        #[arg(long, default_value_t = detclip_core::eval::FIXED_AP_DETS_PER_CATEGORY,
+              requires = "fixed_ap", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        dets_per_cat: usize,
     },
     /// COCO AP of every dataset in a list file, and their mean.
     Odinw {
@@ -372,7 +382,15 @@ fn run_eval(what: EvalCommand) -> ExitCode {
             dt,
             json,
             per_category,
-        } => eval_cli::lvis(&gt, &dt, format(json), per_category),
+            fixed_ap,
+            dets_per_cat,
+        } => eval_cli::lvis(
+            &gt,
+            &dt,
+            format(json),
+            per_category,
+            fixed_ap.then_some(dets_per_cat),
+        ),
         EvalCommand::Odinw { config, json } => eval_cli::odinw(&config, format(json)),
         EvalCommand::Grounding {
             input,

@@ -71,6 +71,57 @@ fn eval_lvis_table_has_thirteen_lines() {
     assert!(text.contains("maxDets=300 catIds=  r] = "), "{text}");
 }
 
+/// `--fixed-ap`: Fixed AP (top K per category, no cap per image) as the reference script
+/// computes it; the table says `maxDets= -1` as the lvis package prints it; K must be positive
+/// and goes with `--fixed-ap`.
+#[test]
+fn eval_lvis_fixed_ap_prints_the_reference_numbers() {
+    let (gt, dt) = (path("lvis_synth_gt.json"), path("lvis_synth_dt.json"));
+    let text = std::fs::read_to_string(fixture("lvis_synth_fixed_expected.json")).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in expected["cases"].as_array().unwrap() {
+        let k = case["dets_per_cat"].to_string();
+        let out = detclip(&[
+            "eval",
+            "lvis",
+            "--gt",
+            &gt,
+            "--dt",
+            &dt,
+            "--fixed-ap",
+            "--dets-per-cat",
+            &k,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for key in ["AP", "APr", "APc", "APf"] {
+            let (g, e) = (
+                got[key].as_f64().unwrap(),
+                case["results"][key].as_f64().unwrap(),
+            );
+            assert!((g - e).abs() <= 1e-12, "K={k} {key}: {g} vs {e}");
+        }
+    }
+    let out = detclip(&["eval", "lvis", "--gt", &gt, "--dt", &dt, "--fixed-ap"]);
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("maxDets= -1 catIds=  r] = "), "{table}");
+    for bad in [
+        vec!["--fixed-ap", "--dets-per-cat", "0"],
+        vec!["--dets-per-cat", "50"],
+    ] {
+        let mut args = vec!["eval", "lvis", "--gt", &gt, "--dt", &dt];
+        args.extend(bad.iter().copied());
+        let out = detclip(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+}
+
 #[test]
 fn eval_bad_input_exits_2_naming_the_file() {
     let out = detclip(&[
