@@ -163,6 +163,7 @@ impl Task {
                 &out,
                 std::slice::from_ref(&phrases),
                 &[0],
+                &[(self.args_h, self.args_w)],
                 &config,
                 &geometry,
             )
@@ -199,7 +200,15 @@ impl Task {
             let out = model
                 .forward_features(levels.clone(), ids, mask, None)
                 .map_err(err)?;
-            let dets = glip_detect(&out, &[phrases], &[0], &config, &geometry).map_err(err)?;
+            let dets = glip_detect(
+                &out,
+                &[phrases],
+                &[0],
+                &[(self.args_h, self.args_w)],
+                &config,
+                &geometry,
+            )
+            .map_err(err)?;
             B::sync(device).map_err(|e| format!("{e:?}"))?;
             m.lvis_chunk_ms.push(ms_since(t));
             m.lvis_detections += dets[0].scores.len();

@@ -387,7 +387,8 @@ pub struct Source {
     pub samples: Vec<Sample>,
     /// Every concept name of its samples, sorted: the classes its batches are scored against.
     pub vocabulary: Vec<String>,
-    transform: TrainTransform,
+    /// Its training transform (the learner sets the normalisation to the recipe's).
+    pub transform: TrainTransform,
 }
 
 fn must_exist(path: &std::path::Path, what: &str) -> Result<()> {

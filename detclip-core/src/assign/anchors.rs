@@ -30,6 +30,12 @@ pub struct AnchorGenerator {
     pub center_offset: f32,
     /// Round base anchors to integers (torchvision).
     pub round_base: bool,
+    /// maskrcnn-benchmark's (and Detectron's) integer-pixel convention, which GLIP's released
+    /// models were trained with: a box spans `x2 − x1 + 1` pixels, base anchors are built
+    /// around the window `(0, 0, s − 1, s − 1)` by `generate_anchors` (centre `(s − 1) / 2`,
+    /// sides rounded per ratio) and `center_offset` is ignored.
+    #[serde(default)]
+    pub plus_one: bool,
 }
 
 impl AnchorGenerator {
@@ -48,7 +54,20 @@ impl AnchorGenerator {
             ratios: vec![1.0],
             center_offset: 0.0,
             round_base: false,
+            plus_one: false,
         }
+    }
+
+    /// GLIP's released anchors (maskrcnn-benchmark `make_anchor_generator_complex` with
+    /// `ANCHOR_SIZES = scale·(8, 16, 32, 64, 128)`, one ratio and one scale per octave): as
+    /// [`atss`](Self::atss) with sides `scale · stride` in the `plus_one` convention.
+    pub fn glip(scale: f32) -> Self {
+        let mut a = Self::atss();
+        for l in &mut a.levels {
+            l.sizes = vec![scale * l.stride];
+        }
+        a.plus_one = true;
+        a
     }
 
     /// torchvision's `AnchorGenerator(sizes, aspect_ratios)` for the given strides.
@@ -65,6 +84,7 @@ impl AnchorGenerator {
             ratios: ratios.to_vec(),
             center_offset: 0.0,
             round_base: true,
+            plus_one: false,
         }
     }
 
@@ -75,6 +95,9 @@ impl AnchorGenerator {
 
     /// Base anchors of one level, xyxy, centred on the level's first cell.
     pub fn base_anchors(&self, level: usize) -> Vec<[f32; 4]> {
+        if self.plus_one {
+            return self.base_anchors_plus_one(level);
+        }
         let lv = &self.levels[level];
         let c = self.center_offset * lv.stride;
         let mut out = Vec::new();
@@ -94,6 +117,31 @@ impl AnchorGenerator {
                     ];
                 }
                 out.push(a);
+            }
+        }
+        out
+    }
+
+    /// maskrcnn-benchmark's `generate_anchors(stride, sizes, ratios)`: ratio-major, in f64
+    /// with numpy's rounding (half to even) of the ratio sides, then cast to f32.
+    fn base_anchors_plus_one(&self, level: usize) -> Vec<[f32; 4]> {
+        let lv = &self.levels[level];
+        let s = lv.stride as f64;
+        let ctr = 0.5 * (s - 1.0);
+        let mut out = Vec::new();
+        for &r in &self.ratios {
+            let r = r as f64;
+            let ws = (s * s / r).sqrt().round_ties_even();
+            let hs = (ws * r).round_ties_even();
+            for &size in &lv.sizes {
+                let scale = size as f64 / s;
+                let (w, h) = (ws * scale, hs * scale);
+                out.push([
+                    (ctr - 0.5 * (w - 1.0)) as f32,
+                    (ctr - 0.5 * (h - 1.0)) as f32,
+                    (ctr + 0.5 * (w - 1.0)) as f32,
+                    (ctr + 0.5 * (h - 1.0)) as f32,
+                ]);
             }
         }
         out

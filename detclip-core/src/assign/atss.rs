@@ -21,6 +21,9 @@ pub struct AtssOptions {
     pub top_k: usize,
     /// Minimum distance of an anchor centre from each side of the box (mmdetection: 0.01).
     pub center_eps: f32,
+    /// IoU in the `w = x2 − x1 + 1` convention (GLIP's `boxlist_iou`).
+    #[serde(default)]
+    pub plus_one: bool,
 }
 
 impl Default for AtssOptions {
@@ -28,6 +31,7 @@ impl Default for AtssOptions {
         Self {
             top_k: 9,
             center_eps: 0.01,
+            plus_one: false,
         }
     }
 }
@@ -54,12 +58,13 @@ impl AtssAssignment {
     }
 }
 
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    // torchvision box_iou, in f32.
-    let area_a = (a[2] - a[0]) * (a[3] - a[1]);
-    let area_b = (b[2] - b[0]) * (b[3] - b[1]);
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+fn iou(a: &[f32; 4], b: &[f32; 4], plus_one: bool) -> f32 {
+    // torchvision box_iou (or maskrcnn-benchmark's boxlist_iou with +1), in f32.
+    let o = if plus_one { 1.0 } else { 0.0 };
+    let area_a = (a[2] - a[0] + o) * (a[3] - a[1] + o);
+    let area_b = (b[2] - b[0] + o) * (b[3] - b[1] + o);
+    let w = (a[2].min(b[2]) - a[0].max(b[0]) + o).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1]) + o).max(0.0);
     let inter = w * h;
     inter / (area_a + area_b - inter)
 }
@@ -126,7 +131,10 @@ pub fn atss_assign(
             start += count;
         }
         // 2. adaptive IoU threshold: mean + unbiased std.
-        let ious: Vec<f32> = candidates.iter().map(|&a| iou(&anchors[a], gbox)).collect();
+        let ious: Vec<f32> = candidates
+            .iter()
+            .map(|&a| iou(&anchors[a], gbox, options.plus_one))
+            .collect();
         let n = ious.len() as f32;
         let mean = ious.iter().sum::<f32>() / n;
         let var = if ious.len() > 1 {

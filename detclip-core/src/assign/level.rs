@@ -34,6 +34,7 @@ impl LevelAnchors {
             ratios: vec![1.0],
             center_offset: 0.5,
             round_base: false,
+            plus_one: false,
         };
         let levels = generator.grid_anchors_host(sizes)?;
         let counts = levels.iter().map(Vec::len).collect();

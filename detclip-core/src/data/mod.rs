@@ -14,6 +14,7 @@ pub mod pairs;
 pub mod phrases;
 pub mod prompt;
 pub mod report;
+pub mod resample;
 pub mod sample;
 pub mod synthetic;
 pub mod transforms;
@@ -30,6 +31,7 @@ pub use prompt::{
     detection_prompt, token_range, training_prompt,
 };
 pub use report::{Dataset, ImageCheck, OnError, ReadOptions, ReadReport};
+pub use resample::{ResampleFilter, resize_like_pil};
 pub use sample::{Category, Concept, Frequency, ImageSource, Instance, Sample, SourceKind, Span};
 pub use transforms::{
     Loaded, Normalize, Prepared, RandomCrop, TestTransform, TrainTransform, crop, hflip,

@@ -7,17 +7,19 @@
 //!   not maskrcnn-benchmark's old `W − x − 1`.
 //! - Resizing scales x by `new_w / old_w` and y by `new_h / old_h` (GLIP `BoxList.resize`,
 //!   mmdetection `scale_factor`). The size rule is GLIP's `Resize.get_size` (see
-//!   [`keep_ratio_size`]); pixels are resampled bilinearly (a triangle filter that widens when
-//!   shrinking, like PIL's antialiased `BILINEAR`).
+//!   [`keep_ratio_size`]); pixels are resampled as Pillow's antialiased `BILINEAR` computes
+//!   them, byte for byte ([`resize_like_pil`]), which torchvision's `Resize` on a PIL image
+//!   and so GLIP's test transform use.
 //! - Randomness comes only from the `rng` passed in, so a seeded `StdRng` reproduces a run.
 
 use image::RgbImage;
-use image::imageops::{self, FilterType};
+use image::imageops;
 use rand::Rng;
 
 use crate::error::{DetError, Result};
 
 use super::image::Orientation;
+use super::resample::{ResampleFilter, resize_like_pil};
 use super::sample::{Concept, Sample, Span};
 
 /// A sample with its decoded pixels, as it goes through the transforms. The sample's
@@ -96,7 +98,7 @@ pub fn resize(loaded: Loaded, width: u32, height: u32) -> Loaded {
     }
     sample.width = width;
     sample.height = height;
-    let image = imageops::resize(&image, width, height, FilterType::Triangle);
+    let image = resize_like_pil(&image, width, height, ResampleFilter::Bilinear);
     Loaded { image, sample }
 }
 

@@ -9,13 +9,18 @@ use crate::error::{Result, ensure_shape};
 /// Encodes boxes as offsets from reference boxes and back.
 ///
 /// `dx = wx·(gx − ax)/aw`, `dy = wy·(gy − ay)/ah`, `dw = ww·ln(gw/aw)`, `dh = wh·ln(gh/ah)`,
-/// with centres and sizes of xyxy boxes (`w = x2 − x1`, no +1).
+/// with centres and sizes of xyxy boxes (`w = x2 − x1`, no +1). With `plus_one`, GLIP's
+/// released coder (`vldyhead.BoxCoder`, maskrcnn-benchmark's integer-pixel convention):
+/// `w = x2 − x1 + 1`, centre `(x1 + x2) / 2`, and a decoded box spans `centre ± (w − 1) / 2`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DeltaBoxCoder {
     /// `(wx, wy, ww, wh)`: `(1, 1, 1, 1)` for ATSS/GLIP, `(10, 10, 5, 5)` for Faster R-CNN heads.
     pub weights: [f32; 4],
     /// Upper clamp of `dw`, `dh` before `exp` when decoding (torchvision: `ln(1000/16)`).
     pub clip: f32,
+    /// The `w = x2 − x1 + 1` convention (GLIP, maskrcnn-benchmark).
+    #[serde(default)]
+    pub plus_one: bool,
 }
 
 impl Default for DeltaBoxCoder {
@@ -30,6 +35,37 @@ impl DeltaBoxCoder {
         Self {
             weights,
             clip: (1000.0f32 / 16.0).ln(),
+            plus_one: false,
+        }
+    }
+
+    /// GLIP's released coder: weights `(10, 10, 5, 5)` in the `plus_one` convention.
+    pub fn glip() -> Self {
+        Self {
+            plus_one: true,
+            ..Self::new([10.0, 10.0, 5.0, 5.0])
+        }
+    }
+
+    /// `(centre x, centre y, w, h)` of xyxy boxes in this coder's convention.
+    #[allow(clippy::type_complexity)]
+    fn centre_size<B: Backend>(
+        &self,
+        b: &Tensor<B, 2>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+        let c = |i| b.clone().narrow(1, i, 1);
+        let (x1, y1, x2, y2) = (c(0), c(1), c(2), c(3));
+        if self.plus_one {
+            (
+                (x1.clone() + x2.clone()) * 0.5,
+                (y1.clone() + y2.clone()) * 0.5,
+                x2 - x1 + 1.0,
+                y2 - y1 + 1.0,
+            )
+        } else {
+            let w = x2 - x1.clone();
+            let h = y2 - y1.clone();
+            (x1 + w.clone() * 0.5, y1 + h.clone() * 0.5, w, h)
         }
     }
 
@@ -60,15 +96,8 @@ impl DeltaBoxCoder {
             &reference.dims(),
         )?;
         let [wx, wy, ww, wh] = self.weights;
-        let c = |t: &Tensor<B, 2>, i| t.clone().narrow(1, i, 1);
-        let aw = c(&reference, 2) - c(&reference, 0);
-        let ah = c(&reference, 3) - c(&reference, 1);
-        let ax = c(&reference, 0) + aw.clone() * 0.5;
-        let ay = c(&reference, 1) + ah.clone() * 0.5;
-        let gw = c(&boxes, 2) - c(&boxes, 0);
-        let gh = c(&boxes, 3) - c(&boxes, 1);
-        let gx = c(&boxes, 0) + gw.clone() * 0.5;
-        let gy = c(&boxes, 1) + gh.clone() * 0.5;
+        let (ax, ay, aw, ah) = self.centre_size(&reference);
+        let (gx, gy, gw, gh) = self.centre_size(&boxes);
         let dx = (gx - ax) / aw.clone() * wx;
         let dy = (gy - ay) / ah.clone() * wy;
         let dw = (gw / aw).log() * ww;
@@ -92,19 +121,20 @@ impl DeltaBoxCoder {
             &reference.dims(),
         )?;
         let [wx, wy, ww, wh] = self.weights;
+        let (ax, ay, aw, ah) = self.centre_size(&reference);
         let c = |t: &Tensor<B, 2>, i| t.clone().narrow(1, i, 1);
-        let aw = c(&reference, 2) - c(&reference, 0);
-        let ah = c(&reference, 3) - c(&reference, 1);
-        let ax = c(&reference, 0) + aw.clone() * 0.5;
-        let ay = c(&reference, 1) + ah.clone() * 0.5;
         let dx = c(&deltas, 0) / wx;
         let dy = c(&deltas, 1) / wy;
         let dw = (c(&deltas, 2) / ww).clamp_max(self.clip);
         let dh = (c(&deltas, 3) / wh).clamp_max(self.clip);
         let px = dx * aw.clone() + ax;
         let py = dy * ah.clone() + ay;
-        let pw = dw.exp() * aw;
-        let ph = dh.exp() * ah;
+        let mut pw = dw.exp() * aw;
+        let mut ph = dh.exp() * ah;
+        if self.plus_one {
+            pw = pw - 1.0;
+            ph = ph - 1.0;
+        }
         let (hw, hh) = (pw * 0.5, ph * 0.5);
         Ok(Tensor::cat(
             vec![

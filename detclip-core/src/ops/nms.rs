@@ -75,7 +75,7 @@ fn sort_desc(scores: &[f32], mut order: Vec<usize>) -> Vec<usize> {
 
 /// NMS over the candidates `order` (already sorted by descending score). Returns kept indices
 /// in visiting order.
-fn nms_sorted(boxes: &[f32], order: &[usize], iou_threshold: f32) -> Vec<usize> {
+fn nms_sorted(boxes: &[f32], order: &[usize], iou_threshold: f32, offset: f32) -> Vec<usize> {
     let n = order.len();
     let get = |i: usize| {
         let b = &boxes[order[i] * 4..order[i] * 4 + 4];
@@ -84,7 +84,7 @@ fn nms_sorted(boxes: &[f32], order: &[usize], iou_threshold: f32) -> Vec<usize> 
     let areas: Vec<f32> = (0..n)
         .map(|i| {
             let (x1, y1, x2, y2) = get(i);
-            (x2 - x1) * (y2 - y1)
+            (x2 - x1 + offset) * (y2 - y1 + offset)
         })
         .collect();
     let mut suppressed = vec![false; n];
@@ -105,8 +105,8 @@ fn nms_sorted(boxes: &[f32], order: &[usize], iou_threshold: f32) -> Vec<usize> 
             let yy1 = iy1.max(jy1);
             let xx2 = ix2.min(jx2);
             let yy2 = iy2.min(jy2);
-            let w = (xx2 - xx1).max(0.0);
-            let h = (yy2 - yy1).max(0.0);
+            let w = (xx2 - xx1 + offset).max(0.0);
+            let h = (yy2 - yy1 + offset).max(0.0);
             let inter = w * h;
             let ovr = inter / (iarea + areas[j] - inter);
             if ovr > iou_threshold {
@@ -123,7 +123,7 @@ pub fn nms_slice(boxes: &[f32], scores: &[f32], iou_threshold: f32) -> Result<Ve
     check_inputs("nms", boxes, scores, None)?;
     check_threshold("nms", iou_threshold)?;
     let order = sort_desc(scores, (0..scores.len()).collect());
-    Ok(nms_sorted(boxes, &order, iou_threshold))
+    Ok(nms_sorted(boxes, &order, iou_threshold, 0.0))
 }
 
 /// Class-aware NMS on host data: boxes of different classes never suppress each other.
@@ -135,16 +135,29 @@ pub fn batched_nms_slice(
     classes: &[i64],
     iou_threshold: f32,
 ) -> Result<Vec<usize>> {
+    batched_nms_slice_with(boxes, scores, classes, iou_threshold, false)
+}
+
+/// [`batched_nms_slice`] with a choice of box convention: `plus_one` measures a box as
+/// `x2 − x1 + 1` wide (maskrcnn-benchmark's `ml_nms`, which GLIP's released inference runs).
+pub fn batched_nms_slice_with(
+    boxes: &[f32],
+    scores: &[f32],
+    classes: &[i64],
+    iou_threshold: f32,
+    plus_one: bool,
+) -> Result<Vec<usize>> {
     check_inputs("batched_nms", boxes, scores, Some(classes))?;
     check_threshold("batched_nms", iou_threshold)?;
     let order = sort_desc(scores, (0..scores.len()).collect());
+    let offset = if plus_one { 1.0 } else { 0.0 };
     let mut by_class: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
     for &i in &order {
         by_class.entry(classes[i]).or_default().push(i);
     }
     let mut keep: Vec<usize> = by_class
         .values()
-        .flat_map(|members| nms_sorted(boxes, members, iou_threshold))
+        .flat_map(|members| nms_sorted(boxes, members, iou_threshold, offset))
         .collect();
     keep.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     Ok(keep)

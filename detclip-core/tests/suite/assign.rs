@@ -90,6 +90,7 @@ fn atss_hand_worked() {
     let opts = AtssOptions {
         top_k: 3,
         center_eps: 0.01,
+        plus_one: false,
     };
     // gt centre (7, 6.5): candidates (10,10) IoU 56/176, (10,0) 32/200, (0,10) 28/204;
     // threshold = mean + std = 0.30369 -> only anchor 4 = (10,10)

@@ -3,7 +3,8 @@
 //! above a threshold are weighted by the centerness probability, boxes are decoded from their
 //! anchors, class-aware NMS runs per image and the best detections are kept; the score is
 //! `sqrt(phrase · centerness)`. A vocabulary larger than one prompt is split into prompt
-//! chunks run as rows of one batch; rows of the same image are merged before NMS.
+//! chunks run as rows of one batch; each chunk is post-processed on its own and the chunks of
+//! one image are concatenated, as the released chunked evaluation does.
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -16,7 +17,7 @@ use detclip_core::Result as DetResult;
 use detclip_core::data::prompt::PromptFormat;
 use detclip_core::data::{Normalize, TestTransform};
 use detclip_core::ext::DetclipOps;
-use detclip_core::ops::{batched_nms_slice, top_k_slice};
+use detclip_core::ops::{batched_nms_slice_with, top_k_slice};
 use serde::{Deserialize, Serialize};
 
 use super::{GlipDetector, GlipGeometry, GlipOutput, described_prompts, phrase_tokens};
@@ -70,12 +71,15 @@ impl Default for GlipTestConfig {
 }
 
 impl GlipTestConfig {
-    /// The test resize, with ImageNet normalisation.
+    /// The released test transform: keep-ratio resize with Pillow's bilinear, then BGR in
+    /// 0–255 normalised by mean `(103.53, 116.28, 123.675)`, std `(57.375, 57.12, 58.395)`
+    /// (`INPUT.TO_BGR255`, `INPUT.PIXEL_MEAN`/`PIXEL_STD` of GLIP's Swin configs). Training
+    /// normalises the same way.
     pub fn transform(&self) -> TestTransform {
         TestTransform {
             short: self.short_side,
             max_long: self.max_long,
-            normalize: Normalize::imagenet(),
+            normalize: Normalize::glip_swin(),
         }
     }
 
@@ -125,7 +129,21 @@ fn averaging_matrix(phrases: &[PhraseTokens], tokens: usize, width: usize) -> De
 }
 
 /// Detections per image from a batch whose row `r` ran prompt `phrases[r]` on image
-/// `image_of_row[r]` (a chunked vocabulary: several rows per image).
+/// `image_of_row[r]` (a chunked vocabulary: several rows per image), exactly as the released
+/// `ATSSPostProcessor` and chunked evaluation compute them:
+///
+/// 1. per row and pyramid level, the (anchor, phrase) pairs whose phrase score exceeds
+///    `candidate_threshold` are candidates; the `pre_nms_top_k` best by phrase × centerness
+///    are kept, their boxes decoded from the anchors and clipped to the unpadded input
+///    (`[0, w − 1] × [0, h − 1]`, maskrcnn-benchmark's `clip_to_image`); score
+///    `sqrt(phrase · centerness)`;
+/// 2. per row, the levels' candidates are concatenated, class-aware NMS (in the geometry's box
+///    convention) runs, and the detections scoring at least the `max_detections`-th best are
+///    kept (`kthvalue`: ties at the cut are all kept);
+/// 3. the rows of one image (its prompt chunks) are concatenated in order, with no further NMS
+///    or cap (`engine/inference.py`).
+///
+/// `image_sizes[i]` is image `i`'s unpadded `(height, width)` in the network input.
 ///
 /// # Errors
 /// [`DetError::InvalidOption`] when the rows, phrases and images disagree, or a phrase has no
@@ -134,18 +152,23 @@ pub fn glip_detect<B: Backend>(
     out: &GlipOutput<B>,
     phrases: &[Vec<PhraseTokens>],
     image_of_row: &[usize],
+    image_sizes: &[(usize, usize)],
     config: &GlipTestConfig,
     geometry: &GlipGeometry,
 ) -> DetResult<Vec<Detections>> {
     let logits = Tensor::cat(out.logits.clone(), 1);
     let [n, a, t] = logits.dims();
-    if phrases.len() != n || image_of_row.len() != n {
+    if phrases.len() != n
+        || image_of_row.len() != n
+        || image_of_row.iter().any(|&i| i >= image_sizes.len())
+    {
         return Err(DetError::InvalidOption {
             op: "glip_detect",
             why: format!(
-                "{n} rows but {} prompts and {} image indices",
+                "{n} rows but {} prompts and {} image indices for {} images",
                 phrases.len(),
-                image_of_row.len()
+                image_of_row.len(),
+                image_sizes.len()
             ),
         });
     }
@@ -159,12 +182,9 @@ pub fn glip_detect<B: Backend>(
     let matrix = Tensor::<B, 3>::from_data(TensorData::new(matrices, [n, t, width]), &device);
     let scores = sigmoid(logits).matmul(matrix);
     let centerness = sigmoid(flatten(&out.centerness)).reshape([n, a, 1]);
-    let anchors: Vec<[f32; 4]> = geometry
-        .anchors
-        .grid_anchors_host(&out.sizes)?
-        .into_iter()
-        .flatten()
-        .collect();
+    let per_level = geometry.anchors.grid_anchors_host(&out.sizes)?;
+    let level_counts: Vec<usize> = per_level.iter().map(Vec::len).collect();
+    let anchors: Vec<[f32; 4]> = per_level.into_iter().flatten().collect();
     let anchor_t = Tensor::<B, 2>::from_data(
         TensorData::new(anchors.as_flattened().to_vec(), [a, 4]),
         &device,
@@ -188,44 +208,57 @@ pub fn glip_detect<B: Backend>(
     let scores = read(scores)?;
     let ctr = read(centerness)?;
     let boxes = read(boxes.reshape([n, a, 4]))?;
+    let offset = if geometry.coder.plus_one { 1.0 } else { 0.0 };
 
-    let images = image_of_row.iter().max().map_or(0, |m| m + 1);
-    let mut candidates: Vec<(Vec<f32>, Vec<f32>, Vec<i64>)> = vec![Default::default(); images];
+    let mut per_image = vec![Detections::default(); image_sizes.len()];
     for (r, row) in phrases.iter().enumerate() {
-        let (b, s, c) = &mut candidates[image_of_row[r]];
-        for k in 0..a {
-            for (j, phrase) in row.iter().enumerate() {
-                let p = scores[(r * a + k) * width + j];
-                if p > config.candidate_threshold {
-                    b.extend_from_slice(&boxes[(r * a + k) * 4..(r * a + k + 1) * 4]);
-                    s.push((p * ctr[r * a + k]).sqrt());
-                    c.push(phrase.class as i64);
+        let (h, w) = image_sizes[image_of_row[r]];
+        let (max_x, max_y) = (w as f32 - offset, h as f32 - offset);
+        let (mut b, mut s, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let mut start = 0;
+        for &count in &level_counts {
+            // (score × centerness, anchor, phrase) of this level's candidates.
+            let mut cand = Vec::new();
+            for k in start..start + count {
+                for (j, _) in row.iter().enumerate() {
+                    let p = scores[(r * a + k) * width + j];
+                    if p > config.candidate_threshold {
+                        cand.push((p * ctr[r * a + k], k, j));
+                    }
                 }
             }
+            let weighted: Vec<f32> = cand.iter().map(|x| x.0).collect();
+            for i in top_k_slice(&weighted, config.pre_nms_top_k) {
+                let (v, k, j) = cand[i];
+                let q = &boxes[(r * a + k) * 4..(r * a + k + 1) * 4];
+                b.extend_from_slice(&[
+                    q[0].clamp(0.0, max_x),
+                    q[1].clamp(0.0, max_y),
+                    q[2].clamp(0.0, max_x),
+                    q[3].clamp(0.0, max_y),
+                ]);
+                s.push(v.sqrt());
+                c.push(row[j].class as i64);
+            }
+            start += count;
+        }
+        let mut keep = batched_nms_slice_with(&b, &s, &c, config.nms_iou, geometry.coder.plus_one)?;
+        if keep.len() > config.max_detections && config.max_detections > 0 {
+            // kthvalue(n − cap + 1) of the kept scores, and every score at or above it.
+            let mut sorted: Vec<f32> = keep.iter().map(|&i| s[i]).collect();
+            sorted.sort_by(|x, y| y.total_cmp(x));
+            let cut = sorted[config.max_detections - 1];
+            keep.retain(|&i| s[i] >= cut);
+        }
+        let d = &mut per_image[image_of_row[r]];
+        for i in keep {
+            d.boxes
+                .push([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+            d.scores.push(s[i]);
+            d.classes.push(c[i] as usize);
         }
     }
-    candidates
-        .into_iter()
-        .map(|(b, s, c)| {
-            let top = top_k_slice(&s, config.pre_nms_top_k);
-            let b: Vec<f32> = top
-                .iter()
-                .flat_map(|&i| b[4 * i..4 * i + 4].to_vec())
-                .collect();
-            let s: Vec<f32> = top.iter().map(|&i| s[i]).collect();
-            let c: Vec<i64> = top.iter().map(|&i| c[i]).collect();
-            let keep = batched_nms_slice(&b, &s, &c, config.nms_iou)?;
-            let keep = &keep[..keep.len().min(config.max_detections)];
-            Ok(Detections {
-                boxes: keep
-                    .iter()
-                    .map(|&i| [b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
-                    .collect(),
-                scores: keep.iter().map(|&i| s[i]).collect(),
-                classes: keep.iter().map(|&i| c[i] as usize).collect(),
-            })
-        })
-        .collect()
+    Ok(per_image)
 }
 
 impl<B: DetclipOps> GlipDetector<B> {
@@ -233,8 +266,8 @@ impl<B: DetclipOps> GlipDetector<B> {
     /// runs them: the names (with their descriptions) split into prompts of at most
     /// `max_tokens` tokens; every prompt chunk of every image a row of one batch, the image
     /// side run once per image and its pyramid repeated for the chunks; the rows of one image
-    /// merged before NMS ([`glip_detect`]); boxes clipped to each image's `(height, width)`;
-    /// detections scoring at least `threshold`.
+    /// post-processed one by one and concatenated ([`glip_detect`], boxes clipped to each
+    /// image's unpadded `(height, width)`); detections scoring at least `threshold`.
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]`; `image_sizes`: `N` unpadded `(height, width)`
@@ -302,28 +335,22 @@ impl<B: DetclipOps> GlipDetector<B> {
         let out = self
             .glip
             .forward_features(levels, ids, mask, Some(self.prompt.val()))?;
-        let dets = glip_detect(&out, &row_phrases, &image_of_row, test, geometry)?;
+        let dets = glip_detect(
+            &out,
+            &row_phrases,
+            &image_of_row,
+            image_sizes,
+            test,
+            geometry,
+        )?;
         Ok(dets
             .into_iter()
-            .zip(image_sizes)
-            .map(|(d, &(h, w))| {
+            .map(|d| {
                 let keep: Vec<usize> = (0..d.scores.len())
                     .filter(|&i| d.scores[i] >= threshold)
                     .collect();
-                let (w, h) = (w as f32, h as f32);
                 Detections {
-                    boxes: keep
-                        .iter()
-                        .map(|&i| {
-                            let b = d.boxes[i];
-                            [
-                                b[0].clamp(0.0, w),
-                                b[1].clamp(0.0, h),
-                                b[2].clamp(0.0, w),
-                                b[3].clamp(0.0, h),
-                            ]
-                        })
-                        .collect(),
+                    boxes: keep.iter().map(|&i| d.boxes[i]).collect(),
                     scores: keep.iter().map(|&i| d.scores[i]).collect(),
                     classes: keep.iter().map(|&i| d.classes[i]).collect(),
                 }

@@ -78,7 +78,9 @@ fn glip_keys_with_body(num_layers: usize, mut body: KeyMap) -> KeyMap {
             &format!(r"{lang}encoder\.layer\.(\d+)\."),
             "language.layers.$1.",
         )
-        .rename(&format!(r"{lang}pooler\.dense\."), "language.pooler.")
+        // GLIP builds BERT without its pooler (`add_pooling_layer=False`) and never uses it: a
+        // file that has one (from an older transformers) imports with it ignored.
+        .ignore(r"^language\.pooler\.")
         .rename(lang, "language.");
     for i in 0..num_layers {
         let tower = |k: usize| format!(r"^rpn\.head\.dyhead_tower\.{}\.", 3 * i + k);

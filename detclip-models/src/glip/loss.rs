@@ -75,6 +75,8 @@ impl GlipLossConfig {
     pub fn atss(&self) -> AtssOptions {
         AtssOptions {
             top_k: self.atss_top_k,
+            // GLIP's boxlist_iou measures boxes as x2 − x1 + 1 wide.
+            plus_one: true,
             ..AtssOptions::default()
         }
     }

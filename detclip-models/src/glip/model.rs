@@ -9,7 +9,7 @@ use detclip_core::nn::conv2d;
 
 use detclip_core::DetError;
 use detclip_core::Result as DetResult;
-use detclip_core::assign::{AnchorGenerator, AnchorLevel};
+use detclip_core::assign::AnchorGenerator;
 use detclip_core::ext::DetclipOps;
 use detclip_core::ops::DeltaBoxCoder;
 
@@ -119,9 +119,10 @@ pub struct GlipConfig {
 /// the loss and the inference of one model share.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GlipGeometry {
-    /// One square anchor per position of P3–P7.
+    /// One square anchor per position of P3–P7, in maskrcnn-benchmark's `x2 − x1 + 1`
+    /// convention as released (centres at `k·s + (s − 1)/2`).
     pub anchors: AnchorGenerator,
-    /// The box coder (`(10, 10, 5, 5)` as released).
+    /// The box coder (`(10, 10, 5, 5)`, `x2 − x1 + 1`, as released).
     pub coder: DeltaBoxCoder,
 }
 
@@ -138,7 +139,7 @@ impl GlipConfig {
     pub fn glip_t() -> Self {
         Self::new(
             GlipBackboneConfig::Swin(SwinConfig::tiny()),
-            BertConfig::base(),
+            BertConfig::base().with_with_pooler(false),
         )
     }
 
@@ -154,7 +155,8 @@ impl GlipConfig {
             .with_num_layers(2)
             .with_num_heads(2)
             .with_intermediate_size(32)
-            .with_max_position_embeddings(32);
+            .with_max_position_embeddings(32)
+            .with_with_pooler(false);
         Self::new(GlipBackboneConfig::Swin(swin), bert)
             .with_channels(16)
             .with_num_layers(2)
@@ -165,18 +167,9 @@ impl GlipConfig {
 
     /// The anchors and box coder of this model's head.
     pub fn geometry(&self) -> GlipGeometry {
-        let mut anchors = AnchorGenerator::atss();
-        anchors.levels = anchors
-            .levels
-            .iter()
-            .map(|l| AnchorLevel {
-                stride: l.stride,
-                sizes: vec![self.anchor_scale * l.stride],
-            })
-            .collect();
         GlipGeometry {
-            anchors,
-            coder: DeltaBoxCoder::new([10.0, 10.0, 5.0, 5.0]),
+            anchors: AnchorGenerator::glip(self.anchor_scale),
+            coder: DeltaBoxCoder::glip(),
         }
     }
 

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 
 use burn::prelude::*;
 use detclip_core::DetError;
-use detclip_core::assign::{AnchorGenerator, AtssOptions, atss_assign};
+use detclip_core::assign::{AnchorGenerator, atss_assign};
 use detclip_core::data::Span;
-use detclip_core::ops::DeltaBoxCoder;
 use detclip_models::glip::{
     BiMultiHeadAttentionConfig, DyConvConfig, GlipBackbone, GlipBackboneConfig, GlipConfig,
     GlipGeometry, GlipLossConfig, GlipOutput, GlipTarget, GlipTestConfig, PhraseTokens,
@@ -392,7 +391,7 @@ backend_test! {
         for (key, shape) in &official {
             assert_eq!(&ours[key], shape, "{key}");
         }
-        assert_eq!(ignored, 2 + 5 + 1 + 12, "cls_logits, anchors, position_ids, relative_position_index");
+        assert_eq!(ignored, 2 + 5 + 1 + 12 + 2, "cls_logits, anchors, position_ids, relative_position_index, BERT's pooler");
         eprintln!("GLIP-T: {} tensors match the released layout, {ignored} ignored", official.len());
     }
 }
@@ -630,16 +629,18 @@ backend_test! {
         ];
         let mask = [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]];
         let config = GlipLossConfig::default();
-        let levels = AnchorGenerator::atss().grid_anchors_host(&sizes).unwrap();
+        // The released geometry: anchors and coder in the x2 − x1 + 1 convention.
+        let geometry = GlipGeometry::default();
+        let levels = geometry.anchors.grid_anchors_host(&sizes).unwrap();
         let counts: Vec<usize> = levels.iter().map(Vec::len).collect();
         let anchors: Vec<[f32; 4]> = levels.into_iter().flatten().collect();
         let a = anchors.len();
         // Expected token loss and regression deltas that decode exactly onto the boxes.
-        let coder = DeltaBoxCoder::new([10.0, 10.0, 5.0, 5.0]);
+        let coder = geometry.coder.clone();
         let mut deltas = vec![0.0f32; n * a * 4];
         let (mut expected, mut num_pos) = (0.0f32, 0);
         for (i, target) in targets.iter().enumerate() {
-            let assignment = atss_assign(&anchors, &counts, &target.boxes, &AtssOptions::default()).unwrap();
+            let assignment = atss_assign(&anchors, &counts, &target.boxes, &config.atss()).unwrap();
             for (k, gt) in assignment.gt_index.iter().enumerate() {
                 for (tok, &valid) in mask[i].iter().enumerate() {
                     let label = gt.is_some_and(|g| target.tokens[g].contains(&tok));
@@ -687,7 +688,7 @@ backend_test! {
 }
 
 backend_test! {
-    fn glip_detect_pools_phrases_and_merges_chunks<B>(device) {
+    fn glip_detect_pools_phrases_and_concatenates_chunks<B>(device) {
         // Two rows (prompt chunks) of one 64x64 image; 86 anchors, 6 tokens.
         let sizes = vec![[8, 8], [4, 4], [2, 2], [1, 1], [1, 1]];
         let (a, t) = (86, 6);
@@ -710,7 +711,7 @@ backend_test! {
             vec![PhraseTokens { class: 7, tokens: vec![1, 2] }],
         ];
         let config = GlipTestConfig::default();
-        let dets = glip_detect(&out, &phrases, &[0, 0], &config, &GlipGeometry::default()).unwrap();
+        let dets = glip_detect(&out, &phrases, &[0, 0], &[(64, 64)], &config, &GlipGeometry::default()).unwrap();
         assert_eq!(dets.len(), 1);
         let d = &dets[0];
         assert_eq!(d.classes, vec![3, 7]);
@@ -719,15 +720,26 @@ backend_test! {
         for (got, want) in d.scores.iter().zip(want) {
             assert!((got - want).abs() < 1e-5, "{got} vs {want}");
         }
-        // Zero deltas decode to the anchors themselves.
-        let anchors: Vec<[f32; 4]> = AnchorGenerator::atss().grid_anchors_host(&sizes).unwrap().into_iter().flatten().collect();
-        assert_eq!(d.boxes, vec![anchors[k0], anchors[k1]]);
+        // Zero deltas decode to the anchors themselves (released convention: centres at
+        // k·s + (s − 1)/2, sides 8·s − 1 apart), clipped to [0, 63].
+        let anchors: Vec<[f32; 4]> = AnchorGenerator::glip(8.0).grid_anchors_host(&sizes).unwrap().into_iter().flatten().collect();
+        assert_eq!(anchors[k0], [8.0 + 3.5 - 31.5, 8.0 + 3.5 - 31.5, 8.0 + 3.5 + 31.5, 8.0 + 3.5 + 31.5]);
+        let clip = |b: [f32; 4]| b.map(|v| v.clamp(0.0, 63.0));
+        assert_eq!(d.boxes, vec![clip(anchors[k0]), clip(anchors[k1])]);
+        // Each chunk is post-processed on its own: with a cap of one detection, each of the two
+        // chunks keeps its own best (the released evaluation concatenates the chunks).
+        let same = vec![phrases[0].clone(), vec![PhraseTokens { class: 3, tokens: vec![1, 2] }]];
+        let mut capped = config.clone();
+        capped.max_detections = 1;
+        let both = glip_detect(&out, &same, &[0, 0], &[(64, 64)], &capped, &GlipGeometry::default()).unwrap();
+        assert_eq!(both[0].classes, vec![3, 3]);
         // As two images, each row gives its own detection.
-        let dets = glip_detect(&out, &phrases, &[0, 1], &config, &GlipGeometry::default()).unwrap();
+        let dets = glip_detect(&out, &phrases, &[0, 1], &[(64, 64), (64, 64)], &config, &GlipGeometry::default()).unwrap();
         assert_eq!(dets.iter().map(|d| d.classes.clone()).collect::<Vec<_>>(), vec![vec![3], vec![7]]);
         // A phrase outside the prompt, or too few prompts, is refused.
         let bad = vec![vec![PhraseTokens { class: 0, tokens: vec![9] }]; 2];
-        assert!(glip_detect(&out, &bad, &[0, 0], &config, &GlipGeometry::default()).is_err());
-        assert!(glip_detect(&out, &phrases[..1], &[0], &config, &GlipGeometry::default()).is_err());
+        assert!(glip_detect(&out, &bad, &[0, 0], &[(64, 64)], &config, &GlipGeometry::default()).is_err());
+        assert!(glip_detect(&out, &phrases[..1], &[0], &[(64, 64)], &config, &GlipGeometry::default()).is_err());
+        assert!(glip_detect(&out, &phrases, &[0, 1], &[(64, 64)], &config, &GlipGeometry::default()).is_err());
     }
 }

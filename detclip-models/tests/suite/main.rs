@@ -14,6 +14,7 @@ mod dense;
 mod detclipv2;
 mod fpn;
 mod glip;
+mod glip_official;
 mod import;
 mod regionspot;
 mod resnet;

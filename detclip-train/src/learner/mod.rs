@@ -581,11 +581,18 @@ where
     }
     let files = RunFiles::of(&options.out);
     let resume_from = prepare_out(recipe, options, &files)?;
+    // Training normalises pixels as the recipe's test transform does (GLIP: BGR in 0–255).
+    let normalize = recipe.test_transform().normalize;
     let sources = recipe
         .data()
         .sources
         .iter()
-        .map(Source::load)
+        .map(|c| {
+            Source::load(c).map(|mut s| {
+                s.transform.normalize = normalize;
+                s
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let eval_set = if options.evaluate {
         EvalSet::of(recipe)?
