@@ -160,7 +160,8 @@ impl GlipRecipe {
             .with_num_layers(2)
             .with_num_heads(2)
             .with_intermediate_size(64)
-            .with_max_position_embeddings(text.max_tokens);
+            .with_max_position_embeddings(text.max_tokens)
+            .with_with_pooler(false);
         Self {
             model: GlipConfig::new(GlipBackboneConfig::Swin(swin), bert)
                 .with_channels(32)
@@ -224,7 +225,8 @@ impl GlipRecipe {
             .clone()
             .with_hidden_size(16)
             .with_intermediate_size(32)
-            .with_max_position_embeddings(32);
+            .with_max_position_embeddings(32)
+            .with_with_pooler(false);
         r.model = r
             .model
             .with_channels(16)
