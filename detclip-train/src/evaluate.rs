@@ -12,7 +12,7 @@ use std::path::Path;
 
 use detclip_core::data::synthetic::Split;
 use detclip_core::data::{
-    Frequency, Loaded, OnError, Orientation, ReadOptions, Sample, collate, read_coco,
+    Frequency, Loaded, OnError, Orientation, Prepared, ReadOptions, Sample, collate, read_coco,
 };
 use detclip_core::eval::json::{GtAnnotation, GtCategory, GtImage};
 use detclip_core::eval::{
@@ -196,8 +196,9 @@ fn held_out_names(
         .collect())
 }
 
-/// Runs the recipe's inference on `samples` in batches of `batch_size`; boxes come back in
-/// each sample's own pixel frame.
+/// Runs the recipe's inference on `samples` in batches of at most `batch_size` consecutive
+/// images of the same padded size (so an image's detections do not depend on its neighbours);
+/// boxes come back in each sample's own pixel frame.
 #[allow(clippy::too_many_arguments)]
 pub fn predict<R: Recipe, B: DetclipOps>(
     recipe: &R,
@@ -210,13 +211,29 @@ pub fn predict<R: Recipe, B: DetclipOps>(
     device: &B::Device,
 ) -> Result<Vec<Vec<Detected>>> {
     let transform = recipe.test_transform();
-    let divisor = recipe.data().size_divisor;
+    let divisor = recipe.data().size_divisor.max(1);
+    let padded = |p: &Prepared| {
+        let up = |v: u32| (v as usize).div_ceil(divisor) * divisor;
+        (up(p.sample.height), up(p.sample.width))
+    };
     let mut out = Vec::with_capacity(samples.len());
-    for chunk in samples.chunks(batch_size.max(1)) {
-        let mut prepared = Vec::with_capacity(chunk.len());
-        for s in chunk {
-            prepared.push(transform.apply(Loaded::load(s.clone(), Orientation::Apply)?));
+    let mut start = 0;
+    while start < samples.len() {
+        // A batch holds consecutive images of one padded size, so each image's detections
+        // are those it gets alone (padding is part of the input: Swin attends over it).
+        let mut prepared =
+            vec![transform.apply(Loaded::load(samples[start].clone(), Orientation::Apply)?)];
+        let size = padded(&prepared[0]);
+        let mut end = start + 1;
+        while end < samples.len() && end - start < batch_size.max(1) {
+            let next = transform.apply(Loaded::load(samples[end].clone(), Orientation::Apply)?);
+            if padded(&next) != size {
+                break;
+            }
+            prepared.push(next);
+            end += 1;
         }
+        let chunk = &samples[start..end];
         let scales: Vec<(f32, f32)> = chunk
             .iter()
             .zip(&prepared)
@@ -247,6 +264,7 @@ pub fn predict<R: Recipe, B: DetclipOps>(
                     .collect(),
             );
         }
+        start = end;
     }
     Ok(out)
 }
