@@ -129,6 +129,8 @@ pub fn load_checkpoint<B: Backend, M: ModuleSnapshot<B>>(
         .iter()
         .map(|p| regex::Regex::new(p).map_err(|e| fail(format!("key map ignore `{p}`: {e}"))))
         .collect::<Result<Vec<_>>>()?;
+    // Where the weights were found when not under the expected top-level key (for the error).
+    let mut fallback_note = None;
     let snapshots: Vec<TensorSnapshot> = match detect_format(path)? {
         CheckpointFormat::Safetensors => {
             let mut store = SafetensorsStore::from_file(path);
@@ -141,17 +143,50 @@ pub fn load_checkpoint<B: Backend, M: ModuleSnapshot<B>>(
             all.values().cloned().collect()
         }
         CheckpointFormat::Pytorch => {
-            let mut store = PytorchStore::from_file(path);
-            if let Some(k) = &options.top_level_key {
-                store = store.with_top_level_key(k.as_str());
+            // The expected top-level key first; then where other codebases keep their weights
+            // (`model`, `state_dict`) and the file's root. The first error names the keys the
+            // file has.
+            let mut tops: Vec<Option<&str>> = vec![options.top_level_key.as_deref()];
+            if options.top_level_key.is_some() {
+                tops.extend([Some("model"), Some("state_dict"), None]);
             }
-            for (p, r) in &keys.rename {
-                store = store.with_key_remapping(p, r.as_str());
+            tops.dedup();
+            let mut first_error = None;
+            let mut found = None;
+            for top in tops {
+                let mut store = PytorchStore::from_file(path);
+                if let Some(k) = top {
+                    store = store.with_top_level_key(k);
+                }
+                for (p, r) in &keys.rename {
+                    store = store.with_key_remapping(p, r.as_str());
+                }
+                match store.get_all_snapshots() {
+                    Ok(all) if !all.is_empty() => {
+                        found = Some(all.values().cloned().collect::<Vec<_>>());
+                        if top != options.top_level_key.as_deref() {
+                            fallback_note = Some(format!(
+                                "read from {} because {}",
+                                top.map_or("the file's root".to_string(), |k| format!(
+                                    "top-level key `{k}`"
+                                )),
+                                first_error.clone().unwrap_or_default()
+                            ));
+                        }
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        first_error.get_or_insert_with(|| format!("{e}"));
+                    }
+                }
             }
-            let all = store
-                .get_all_snapshots()
-                .map_err(|e| fail(format!("{e}")))?;
-            all.values().cloned().collect()
+            match found {
+                Some(snapshots) => snapshots,
+                None => {
+                    return Err(fail(first_error.unwrap_or_else(|| "no tensors".into())));
+                }
+            }
         }
     };
     let adapter = ScalarAsVector.chain(PyTorchToBurnAdapter);
@@ -185,6 +220,9 @@ pub fn load_checkpoint<B: Backend, M: ModuleSnapshot<B>>(
         } else {
             " (a partial load must be asked for explicitly)"
         };
+        if let Some(note) = fallback_note {
+            problems.push(note);
+        }
         return Err(fail(format!("{}{hint}", problems.join("; "))));
     }
     Ok(LoadReport {

@@ -57,6 +57,9 @@ backend_test! {
             ("import_tiny_legacy.pth", None),
             ("import_tiny_nested.pth", Some("model")),
             ("import_tiny.safetensors", None),
+            // Expecting `model`: a file with `state_dict`, or a bare state dict, loads too.
+            ("import_tiny_state_dict.pth", Some("model")),
+            ("import_tiny_zip.pth", Some("model")),
         ];
         for (file, top) in cases {
             let mut m = tiny::<B>(device);
@@ -65,6 +68,19 @@ backend_test! {
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
             assert_eq!(report.applied.len(), 10, "{file}: {report:?}");
             assert_loaded(&m, file);
+        }
+    }
+}
+
+backend_test! {
+    fn import_names_the_top_level_keys_a_file_has<B>(device) {
+        let mut m = tiny::<B>(device);
+        let options = LoadOptions { allow_partial: false, top_level_key: Some("model".into()) };
+        let err = load_checkpoint(&mut m, &fixtures().join("import_tiny_other_key.pth"), &keys(), &options)
+            .unwrap_err()
+            .to_string();
+        for needle in ["model", "weights", "epoch"] {
+            assert!(err.contains(needle), "`{needle}` not in: {err}");
         }
     }
 }
