@@ -103,7 +103,13 @@ pub fn resize(loaded: Loaded, width: u32, height: u32) -> Loaded {
 }
 
 /// Resizes keeping the aspect ratio ([`keep_ratio_size`]).
+///
+/// `short` 0 keeps the image's own size (RegionSpot's official predictor feeds the photo as
+/// it is).
 pub fn resize_keep_ratio(loaded: Loaded, short: u32, max_long: Option<u32>) -> Loaded {
+    if short == 0 {
+        return loaded;
+    }
     let (w, h) = keep_ratio_size(loaded.sample.width, loaded.sample.height, short, max_long);
     resize(loaded, w, h)
 }
@@ -490,7 +496,7 @@ impl TrainTransform {
 /// The test pipeline: one keep-ratio resize and normalisation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TestTransform {
-    /// Shorter side.
+    /// Shorter side (0: the image's own size).
     pub short: u32,
     /// Cap on the longer side.
     pub max_long: Option<u32>,

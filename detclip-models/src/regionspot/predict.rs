@@ -16,7 +16,8 @@ pub enum BoxSource<B: Backend> {
     Detector(Tensor<B, 1>),
 }
 
-/// RegionSpot's predictions for one image, best first.
+/// RegionSpot's predictions for one image, in descending class probability (the official
+/// order; with detector boxes the scores are not sorted).
 #[derive(Debug, Clone)]
 pub struct RegionPredictions<B: Backend> {
     /// Boxes `[K, 4]` `x1 y1 x2 y2` in the original image.
@@ -34,8 +35,9 @@ pub struct RegionPredictions<B: Backend> {
 impl<B: Backend> RegionSpot<B> {
     /// Recognises boxes in one image (the official `forward_eval` + `inference_gt_box` /
     /// `inference_pred_box`): class probabilities are a softmax over the classes, and the
-    /// `top_k` best (box, class) pairs over all boxes and classes are kept (the official
-    /// value is 900), each with SAM's mask.
+    /// `top_k` (box, class) pairs of highest probability over all boxes and classes are kept
+    /// (the official value is 900), each with SAM's mask; with detector boxes each
+    /// probability is then multiplied by its box's score.
     ///
     /// # Shapes
     /// - `sam_image`: `[1, 3, S, S]` preprocessed from the image resized by
@@ -94,14 +96,16 @@ impl<B: Backend> RegionSpot<B> {
         )?;
         let c = out.logits.dims()[2];
         let probs = softmax(out.logits.reshape([n, c]), 1);
-        let probs = match source {
-            BoxSource::Given => probs,
-            BoxSource::Detector(scores) => probs * scores.reshape([n, 1]),
-        };
+        // The official order (`inference_pred_box`): the top k by class probability, then
+        // each times its box's score.
         let k = top_k.min(n * c);
-        let (scores, flat) = probs.reshape([n * c]).topk_with_indices(k, 0);
+        let (probs, flat) = probs.reshape([n * c]).topk_with_indices(k, 0);
         let box_indices = flat.clone().div_scalar(c as i64);
         let labels = flat.remainder_scalar(c as i64);
+        let scores = match source {
+            BoxSource::Given => probs,
+            BoxSource::Detector(scores) => probs * scores.select(0, box_indices.clone()),
+        };
         let masks = self
             .sam
             .postprocess_masks(out.masks, input_size, original_size)?

@@ -302,18 +302,23 @@ backend_test! {
 }
 
 /// The reference's logits turned into the official inference's ranking on the host: softmax
-/// over classes (times detector scores), all (box, class) pairs sorted by score.
+/// over classes, all (box, class) pairs sorted by probability, each probability then times its
+/// box's detector score.
 fn host_ranking(logits: &[f32], classes: usize, box_scores: &[f32]) -> Vec<(f32, usize, usize)> {
     let mut pairs = Vec::new();
     for (b, row) in logits.chunks(classes).enumerate() {
         let max = row.iter().cloned().fold(f32::MIN, f32::max);
         let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
         for (c, v) in row.iter().enumerate() {
-            pairs.push(((v - max).exp() / sum * box_scores[b], b, c));
+            pairs.push(((v - max).exp() / sum, b, c));
         }
     }
+    // The official order: by class probability, then each times its box's score.
     pairs.sort_by(|x, y| y.0.total_cmp(&x.0));
     pairs
+        .into_iter()
+        .map(|(p, b, c)| (p * box_scores[b], b, c))
+        .collect()
 }
 
 backend_test! {

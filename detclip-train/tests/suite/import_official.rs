@@ -301,3 +301,210 @@ backend_test! {
         eprintln!("GLIP end to end vs official: {matched}/{total} matched; worst matched IoU {worst_iou:.6}, worst score diff {worst_score:.2e}");
     }
 }
+
+/// The sizes of `regionspot_tiny.pth` (scripts/fixtures/regionspot.py): SAM width 32 → 16 at
+/// 64 px, CLIP width 32 at 32 px (OpenAI names, 100 token ids, context 16), the module with
+/// 8 heads, 3 layers, FFN 64, joint space 16.
+fn regionspot_tiny_official() -> detclip_models::regionspot::RegionSpotConfig {
+    use detclip_models::clip::{
+        ClipConfig, ClipLayout, ClipTextConfig, ClipVisionConfig, EotPooling,
+    };
+    use detclip_models::regionspot::{RegionSpotConfig, RegionSpotHeadConfig};
+    use detclip_models::sam::{
+        ImageEncoderViTConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig,
+        TwoWayTransformerConfig,
+    };
+    let sam = SamConfig::new(
+        ImageEncoderViTConfig::new()
+            .with_img_size(64)
+            .with_patch_size(8)
+            .with_embed_dim(32)
+            .with_depth(3)
+            .with_num_heads(2)
+            .with_out_chans(16)
+            .with_window_size(3)
+            .with_global_attn_indexes(vec![1]),
+        PromptEncoderConfig::new()
+            .with_embed_dim(16)
+            .with_image_embedding_size([8, 8])
+            .with_input_image_size([64, 64])
+            .with_mask_in_chans(8),
+        MaskDecoderConfig::new()
+            .with_transformer_dim(16)
+            .with_transformer(
+                TwoWayTransformerConfig::new()
+                    .with_embedding_dim(16)
+                    .with_num_heads(2)
+                    .with_mlp_dim(32),
+            )
+            .with_iou_head_hidden_dim(16),
+    );
+    let layout = ClipLayout::OpenAi;
+    let clip = ClipConfig::new(
+        ClipVisionConfig::new()
+            .with_image_size(32)
+            .with_patch_size(8)
+            .with_width(32)
+            .with_layers(2)
+            .with_heads(4)
+            .with_mlp_width(64)
+            .with_embed_dim(16)
+            .with_layout(layout),
+        ClipTextConfig::new()
+            .with_vocab_size(100)
+            .with_context_length(16)
+            .with_width(32)
+            .with_layers(2)
+            .with_heads(4)
+            .with_mlp_width(64)
+            .with_embed_dim(16)
+            .with_layout(layout)
+            .with_pooling(EotPooling::ArgMax),
+    );
+    RegionSpotConfig::new(
+        sam,
+        clip,
+        RegionSpotHeadConfig::new()
+            .with_sam_dim(16)
+            .with_clip_dim(32)
+            .with_text_dim(16)
+            .with_ffn_dim(64),
+    )
+    .with_clip_input(32)
+}
+
+backend_test! {
+    /// RegionSpot's user path against the official code, file in → detections out: the
+    /// released layout (`regionspot_tiny.pth`) imported as `detclip import` does, then on five
+    /// COCO photos with 25 boxes each (detector boxes with scores on three, given boxes on two)
+    /// and 43 classes, against the official `RegionSpot_Predictor` and
+    /// `inference_pred_box`/`inference_gt_box` (`scripts/fixtures/regionspot_official_e2e.py`):
+    /// - what SAM and CLIP see (`official_pixels` of the decoded photo) against the official
+    ///   tensors: equal up to the JPEG decoders (the `image` crate's against libjpeg-turbo);
+    /// - from the official tensors, the model and the official scoring (`score_pairs`) give the
+    ///   official logits and the same 900 (box, class) pairs with the same scores;
+    /// - `predict` (what `detclip detect --boxes` runs) from the image file gives the official
+    ///   detections within the decoders' difference, and the official masks.
+    fn an_imported_regionspot_gives_the_official_codes_detections_on_photos<B>(device) {
+        use detclip_core::data::{Instance, ImageSource, Orientation, Sample, decode_image};
+        use detclip_train::recipes::regionspot::{FrozenPixels, RegionSpotScores, RegionSpotTestConfig, official_pixels, score_pairs};
+        use detclip_train::teacher::TextSide;
+        type I<B> = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+        let Some(data) = detclip_core::testing::shared_data("an_imported_regionspot_gives_the_official_codes_detections_on_photos") else {
+            return;
+        };
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let want: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(here.join("regionspot_official_e2e.json")).expect("run scripts/fixtures/regionspot_official_e2e.py"),
+        )
+        .unwrap();
+        let tensors = crate::harness::Fixture::load(&here, "regionspot_official_e2e.safetensors");
+        let strings = |v: &serde_json::Value| -> Vec<String> { v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect() };
+        let classes = strings(&want["classes"]);
+        let c = classes.len();
+        let mut recipe = RegionSpotRecipe::tiny();
+        recipe.model = regionspot_tiny_official();
+        recipe.text = TextSide::Words { words: strings(&want["words"]), context: want["context"].as_u64().unwrap() as usize };
+        recipe.templates = strings(&want["templates"]);
+        recipe.teacher = None;
+        recipe.pixels = FrozenPixels::Official;
+        recipe.test = RegionSpotTestConfig { short_side: None, max_long: None, max_detections: 900, scores: RegionSpotScores::Softmax };
+        recipe.validate().unwrap();
+        let out = scratch("import-regionspot-e2e").join("run");
+        let path = locked(|| import_checkpoint::<_, B>(&recipe, &[fixture("regionspot_tiny.pth")], &out, device)).unwrap();
+        let (_, model) = locked(|| load_trained::<RegionSpotRecipe, I<B>>(&path, device)).unwrap();
+        let class_emb = recipe.class_embeddings(&model, &classes, device).unwrap();
+        let (mut worst_sam, mut worst_clip, mut worst_logit, mut worst_exact) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+        let (mut worst_score, mut worst_area) = (0.0f32, 0.0f64);
+        let (mut matched, mut total) = (0usize, 0usize);
+        for (n, img) in want["images"].as_array().unwrap().iter().enumerate() {
+            let file = img["file"].as_str().unwrap();
+            let path = data.join("images/coco2017").join(file);
+            let boxes: Vec<[f32; 4]> = img["boxes"].as_array().unwrap().iter()
+                .map(|b| { let v: Vec<f32> = b.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(); [v[0], v[1], v[2], v[3]] })
+                .collect();
+            let box_scores: Option<Vec<f32>> = img["box_scores"].as_array().map(|s| s.iter().map(|x| x.as_f64().unwrap() as f32).collect());
+            let official = img["detections"].as_array().unwrap();
+            let official: Vec<(usize, usize, f32)> = official.iter()
+                .map(|d| (d["box"].as_u64().unwrap() as usize, d["label"].as_u64().unwrap() as usize, d["score"].as_f64().unwrap() as f32))
+                .collect();
+            let areas: Vec<u64> = img["mask_area"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+
+            // 1. What SAM and CLIP see.
+            let photo = decode_image(&path, Orientation::Apply).unwrap();
+            let (w, h) = (photo.width(), photo.height());
+            let px = official_pixels(&photo, 64, 32);
+            let sam_input: Vec<usize> = img["sam_input"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            assert_eq!(px.sam_input.to_vec(), sam_input, "{file}: SAM's resized size");
+            let (official_sam, official_clip) = (tensors.f32s(&format!("sam_input{n}")), tensors.f32s(&format!("clip_input{n}")));
+            let (sam_diff, clip_diff) = (max_abs_diff(&px.sam, &official_sam), max_abs_diff(&px.clip, &official_clip));
+            worst_sam = worst_sam.max(sam_diff);
+            worst_clip = worst_clip.max(clip_diff);
+
+            // 2. From the official tensors: the official logits, pairs and scores.
+            let [sx, sy] = px.box_scale([h as usize, w as usize]);
+            let flat: Vec<f32> = boxes.iter().flat_map(|b| [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]).collect();
+            let sam_boxes = Tensor::<I<B>, 3>::from_data(TensorData::new(flat, [1, boxes.len(), 4]), device);
+            let features = model
+                .frozen_features(
+                    Tensor::from_data(TensorData::new(official_sam, [1, 3, 64, 64]), device),
+                    sam_boxes,
+                    Tensor::from_data(TensorData::new(official_clip, [1, 3, 32, 32]), device),
+                )
+                .unwrap();
+            let logits = model.forward_cached(&features, class_emb.clone()).unwrap().logits;
+            worst_logit = worst_logit.max(max_abs_diff(&to_vec(logits.clone()), &tensors.f32s(&format!("logits{n}"))));
+            let probs = to_vec(burn::tensor::activation::softmax(logits.reshape([boxes.len(), c]), 1));
+            let scores: Vec<Option<f32>> = (0..boxes.len()).map(|k| box_scores.as_ref().map(|s| s[k])).collect();
+            let mut exact = score_pairs(&probs, c, &scores, RegionSpotScores::Softmax, 900);
+            let mut want_pairs = official.clone();
+            exact.sort_by_key(|p| (p.0, p.1));
+            want_pairs.sort_by_key(|p| (p.0, p.1));
+            let same: Vec<bool> = exact.iter().zip(&want_pairs).map(|(a, b)| (a.0, a.1) == (b.0, b.1)).collect();
+            assert!(exact.len() == want_pairs.len() && same.iter().all(|&x| x), "{file}: the 900 pairs from the official inputs differ");
+            for (a, b) in exact.iter().zip(&want_pairs) {
+                worst_exact = worst_exact.max((a.2 - b.2).abs());
+            }
+
+            // 3. The user's path from the image file.
+            let mut sample = Sample::new(file, ImageSource::File(path), w, h);
+            for (k, b) in boxes.iter().enumerate() {
+                sample.instances.push(Instance { bbox: *b, concepts: vec![], crowd: false, score: scores[k] });
+            }
+            let dets = detclip_train::evaluate::predict(&recipe, &(), &model, &[sample], &classes, 0.0, 1, device).unwrap().remove(0);
+            let mut here_matched = 0;
+            let mut used = vec![false; dets.len()];
+            for &(b, label, score) in &official {
+                if let Some(j) = (0..dets.len()).find(|&j| !used[j] && dets[j].label == label && dets[j].bbox == boxes[b]) {
+                    used[j] = true;
+                    let diff = (dets[j].score - score).abs();
+                    if diff <= 1e-3 {
+                        here_matched += 1;
+                        worst_score = worst_score.max(diff);
+                    }
+                    let area = dets[j].mask.as_ref().unwrap().area() as f64;
+                    worst_area = worst_area.max((area - areas[b] as f64).abs() / (areas[b] as f64).max(1.0));
+                }
+            }
+            eprintln!(
+                "{file}: SAM input max |diff| {sam_diff:.2e}, CLIP input {clip_diff:.2e}; official {} detections, ours {}, matched {here_matched} (box, class, |score diff| <= 1e-3)",
+                official.len(),
+                dets.len()
+            );
+            assert_eq!(dets.len(), official.len(), "{file}");
+            // Probabilities of this random module crowd near 1/43: the decoders' difference
+            // moves a few pairs across the 900-pair cut.
+            assert!(here_matched * 100 >= official.len() * 98, "{file}: {here_matched} of {} matched", official.len());
+            matched += here_matched;
+            total += official.len();
+        }
+        eprintln!(
+            "RegionSpot end to end vs official. From the official tensors: logits max |diff| {worst_logit:.2e}, the same 900 pairs, scores max |diff| {worst_exact:.2e}. From the files: SAM input max |diff| {worst_sam:.2e}, CLIP input {worst_clip:.2e}; {matched}/{total} detections matched, worst score diff {worst_score:.2e}; worst mask area diff {:.2}%",
+            worst_area * 100.0
+        );
+        assert!(worst_logit <= 1e-5 && worst_exact <= 1e-6, "logits {worst_logit}, scores {worst_exact}");
+        assert!(matched * 100 >= total * 99, "{matched} of {total} matched");
+        assert!(worst_clip <= 0.05 && worst_sam <= 0.05, "preprocessed inputs differ: SAM {worst_sam}, CLIP {worst_clip}");
+        assert!(worst_area <= 0.02, "mask areas differ by {:.2}%", worst_area * 100.0);
+    }
+}

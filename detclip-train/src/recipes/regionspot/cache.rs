@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use detclip_core::data::{Loaded, Normalize, Orientation, TestTransform, collate};
+use detclip_core::data::{Loaded, Orientation, TestTransform, collate};
 use detclip_core::{DetError, Result};
 use detclip_models::regionspot::RegionSpot;
 
@@ -63,7 +63,7 @@ pub fn cache_features<B: Backend>(
         let transform = TestTransform {
             short: source.config.short_sides[0],
             max_long: source.config.max_long,
-            normalize: Normalize::imagenet(),
+            normalize: recipe.normalize(),
         };
         for sample in &source.samples {
             done += 1;

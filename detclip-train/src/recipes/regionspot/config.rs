@@ -36,12 +36,49 @@ pub struct RegionSpotLossSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegionSpotTestConfig {
-    /// Shorter side of the test resize.
-    pub short_side: u32,
+    /// Shorter side of the test resize; `null`: the photo at its own size, as the official
+    /// `RegionSpot_Predictor` takes it.
+    pub short_side: Option<u32>,
     /// Cap on the longer side.
     pub max_long: Option<u32>,
-    /// Detections kept per image (box × class pairs, best first).
+    /// Detections kept per image (box × class pairs): with `scores: softmax` the pairs of
+    /// highest class probability (official: 900), else the best scores.
     pub max_detections: usize,
+    /// How a box × class pair is scored.
+    #[serde(default)]
+    pub scores: RegionSpotScores,
+}
+
+/// How a box × class pair is scored at inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegionSpotScores {
+    /// Each pair on its own: the sigmoid of its logit (the focal loss's view), times the box's
+    /// score when the box comes with one; the best `max_detections` kept.
+    #[default]
+    Sigmoid,
+    /// The official inference (`RegionSpot.inference_pred_box` / `inference_gt_box`): a softmax
+    /// over the classes of each box, the `max_detections` pairs of highest probability over
+    /// all boxes and classes, each probability times the box's score when the box comes with
+    /// one.
+    Softmax,
+}
+
+/// What SAM and CLIP see of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrozenPixels {
+    /// The image padded to a square (bottom and right) and resized to SAM's and CLIP's input
+    /// sides with Burn's bilinear interpolation (corners aligned): what the synthetic-world
+    /// runs were trained with.
+    #[default]
+    Square,
+    /// As the official `RegionSpot_Predictor.set_image`: SAM gets the 8-bit image resized so
+    /// its longer side is SAM's input side (`ResizeLongestSide`: PIL's bilinear filter), then
+    /// SAM's normalisation and zero padding to the square; CLIP gets the whole image squashed
+    /// to its input square (`F.interpolate`, bilinear, corners not aligned) and CLIP's
+    /// normalisation. Boxes are scaled per axis into SAM's frame.
+    Official,
 }
 
 /// The `regionspot` recipe.
@@ -67,6 +104,9 @@ pub struct RegionSpotRecipe {
     /// baseline, CLIP's own feature map pooled in each box.
     #[serde(default)]
     pub recognizer: Recognizer,
+    /// What SAM and CLIP see of an image (official checkpoints: `official`).
+    #[serde(default)]
+    pub pixels: FrozenPixels,
     /// The loss.
     pub loss: RegionSpotLossSettings,
     /// Inference.
@@ -152,14 +192,16 @@ impl RegionSpotRecipe {
             }),
             cache_dir: None,
             recognizer: Recognizer::Module,
+            pixels: FrozenPixels::Square,
             loss: RegionSpotLossSettings {
                 alpha: 0.25,
                 gamma: 2.0,
             },
             test: RegionSpotTestConfig {
-                short_side: 128,
+                short_side: Some(128),
                 max_long: Some(192),
                 max_detections: 100,
+                scores: RegionSpotScores::Sigmoid,
             },
             data: DataConfig {
                 sources: vec![SourceConfig::synthetic(
@@ -228,7 +270,7 @@ impl RegionSpotRecipe {
             s.flip_prob = 0.0;
         }
         r.data.eval = Some(tiny_world(3, 4, SourceKind::Grounding).into());
-        r.test.short_side = 64;
+        r.test.short_side = Some(64);
         r.test.max_long = Some(96);
         r.learner.steps = 20;
         r.learner.optim.lr = 3e-3;
@@ -258,6 +300,11 @@ impl RegionSpotRecipe {
         }
         if self.test.max_detections == 0 {
             return bad("test.max_detections must be positive".into());
+        }
+        if self.test.short_side == Some(0) {
+            return bad(
+                "test.short_side must be positive (null keeps the photo's own size)".into(),
+            );
         }
         if let Some(s) = self.data.sources.iter().find(|s| is_image_text(&s.dataset)) {
             return bad(format!(

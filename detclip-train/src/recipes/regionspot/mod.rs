@@ -15,16 +15,18 @@
 
 mod cache;
 mod config;
+mod pixels;
 
 use config::TEMPLATE;
 pub use config::{
-    FrozenWeights, Recognizer, RegionSpotLossSettings, RegionSpotRecipe, RegionSpotTestConfig,
+    FrozenPixels, FrozenWeights, Recognizer, RegionSpotLossSettings, RegionSpotRecipe,
+    RegionSpotScores, RegionSpotTestConfig,
 };
 
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::activation::sigmoid;
+use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
@@ -40,6 +42,7 @@ use detclip_models::regionspot::{
 use detclip_models::sam::sam_keys;
 
 pub use cache::{CacheReport, cache_features};
+pub use pixels::{OfficialPixels, denormalize, official_pixels, preprocess_shape};
 
 use crate::data::DataConfig;
 use crate::learner::LearnerConfig;
@@ -48,47 +51,84 @@ use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
 use crate::teacher::{self};
 
 impl RegionSpotRecipe {
-    /// The frozen models' inputs for image `i` of a batch: SAM's `[1, 3, S, S]` and CLIP's
-    /// `[1, 3, C, C]` (the image padded to a square at the bottom and right, as SAM pads,
-    /// then resized), and the factor that maps batch pixels to SAM's frame.
-    fn frozen_inputs<B: Backend>(
+    /// The frozen models' inputs for image `i` of a batch, as [`FrozenPixels`] says: SAM's
+    /// `[1, 3, S, S]`, CLIP's `[1, 3, C, C]`, the per-axis factors `[x, y]` that map batch
+    /// pixels to SAM's frame, and the image's `[height, width]` inside SAM's square.
+    ///
+    /// # Errors
+    /// The batch's pixels cannot be read back (official pixels are computed on the host).
+    pub fn frozen_inputs<B: Backend>(
         &self,
         model: &RegionSpot<B>,
         batch: &Batch<B>,
         i: usize,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>, f32) {
+    ) -> Result<FrozenInputs<B>> {
         let (h, w) = batch.image_sizes[i];
-        let side = h.max(w);
         let device = batch.images.device();
         let image = batch.images.clone().slice(s![i..i + 1, .., 0..h, 0..w]);
-        let square = Tensor::<B, 4>::zeros([1, 3, side, side], &device)
-            .slice_assign(s![.., .., 0..h, 0..w], image);
         let sam_side = model.sam.image_encoder.img_size();
         let clip_side = self.model.clip_input;
-        let bilinear = || InterpolateOptions::new(InterpolateMode::Bilinear);
-        let sam = interpolate(square.clone(), [sam_side, sam_side], bilinear());
-        let clip = imagenet_to_clip(interpolate(square, [clip_side, clip_side], bilinear()));
-        (sam, clip, sam_side as f32 / side as f32)
+        match self.pixels {
+            FrozenPixels::Square => {
+                let side = h.max(w);
+                let square = Tensor::<B, 4>::zeros([1, 3, side, side], &device)
+                    .slice_assign(s![.., .., 0..h, 0..w], image);
+                let bilinear = || InterpolateOptions::new(InterpolateMode::Bilinear);
+                let sam = interpolate(square.clone(), [sam_side, sam_side], bilinear());
+                let clip =
+                    imagenet_to_clip(interpolate(square, [clip_side, clip_side], bilinear()));
+                let scale = sam_side as f64 / side as f64;
+                let input = [
+                    ((h as f64 * scale).round() as usize).clamp(1, sam_side),
+                    ((w as f64 * scale).round() as usize).clamp(1, sam_side),
+                ];
+                Ok(FrozenInputs {
+                    sam,
+                    clip,
+                    box_scale: [scale as f32; 2],
+                    sam_input: input,
+                })
+            }
+            FrozenPixels::Official => {
+                let planes: Vec<f32> =
+                    image.into_data().convert::<f32>().to_vec().map_err(|e| {
+                        DetError::InvalidOption {
+                            op: "regionspot pixels",
+                            why: format!("{e:?}"),
+                        }
+                    })?;
+                let photo = denormalize(&planes, h, w, &self.test_transform().normalize);
+                let px = official_pixels(&photo, sam_side, clip_side);
+                let box_scale = px.box_scale([h, w]);
+                Ok(FrozenInputs {
+                    sam: Tensor::from_data(
+                        TensorData::new(px.sam, [1, 3, sam_side, sam_side]),
+                        &device,
+                    ),
+                    clip: Tensor::from_data(
+                        TensorData::new(px.clip, [1, 3, clip_side, clip_side]),
+                        &device,
+                    ),
+                    box_scale,
+                    sam_input: px.sam_input,
+                })
+            }
+        }
     }
 
     /// SAM's binary masks (logit > 0) of image `i`'s boxes in the batch frame, from the mask
-    /// logits of [`FrozenFeatures::masks`] (SAM's input is the image padded to a square and
-    /// resized, see `frozen_inputs`), through SAM's own postprocessing.
+    /// logits of [`FrozenFeatures::masks`] and the image's size inside SAM's square, through
+    /// SAM's own postprocessing.
     fn box_masks<B: Backend>(
         &self,
         model: &RegionSpot<B>,
         batch: &Batch<B>,
         i: usize,
         logits: Tensor<B, 4>,
+        sam_input: [usize; 2],
     ) -> Result<Vec<Rle>> {
         let (h, w) = batch.image_sizes[i];
-        let sam_side = model.sam.image_encoder.img_size();
-        let scale = sam_side as f64 / h.max(w) as f64;
-        let input = [
-            ((h as f64 * scale).round() as usize).clamp(1, sam_side),
-            ((w as f64 * scale).round() as usize).clamp(1, sam_side),
-        ];
-        let masks = model.sam.postprocess_masks(logits, input, [h, w])?;
+        let masks = model.sam.postprocess_masks(logits, sam_input, [h, w])?;
         let [_, n, _, _] = masks.dims();
         let logits: Vec<f32> =
             masks
@@ -117,14 +157,19 @@ impl RegionSpotRecipe {
         batch: &Batch<B>,
         i: usize,
         boxes: &[[f32; 4]],
-    ) -> Result<FrozenFeatures<B>> {
-        let (sam, clip, scale) = self.frozen_inputs(model, batch, i);
+    ) -> Result<(FrozenFeatures<B>, [usize; 2])> {
+        let FrozenInputs {
+            sam,
+            clip,
+            box_scale: [sx, sy],
+            sam_input,
+        } = self.frozen_inputs(model, batch, i)?;
         let scaled: Vec<[f32; 4]> = boxes
             .iter()
-            .map(|b| [b[0] * scale, b[1] * scale, b[2] * scale, b[3] * scale])
+            .map(|b| [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy])
             .collect();
         let device = sam.device();
-        match &self.cache_dir {
+        let features = match &self.cache_dir {
             Some(dir) => {
                 let key = format!("{}/{}", self.frozen_fingerprint(), batch.samples[i].key);
                 cached_frozen_features(model, &self.model, dir, Path::new(&key), &scaled, sam, clip)
@@ -135,19 +180,27 @@ impl RegionSpotRecipe {
                     Tensor::<B, 3>::from_data(TensorData::new(flat, [1, scaled.len(), 4]), &device);
                 model.frozen_features(sam, boxes, clip)
             }
-        }
+        }?;
+        Ok((features, sam_input))
     }
 
     /// What the frozen weights depend on (model, text, weights, teacher, seed), hashed: part
     /// of every cache key, so a cache made with other frozen weights is never read.
     pub fn frozen_fingerprint(&self) -> String {
-        let what = serde_json::json!([
+        // What SAM and CLIP see joins the key only when it is not the default, so caches
+        // written before `pixels` existed stay valid.
+        let mut what = serde_json::json!([
             self.model,
             self.text,
             self.weights,
             self.teacher,
             self.learner.seed
         ]);
+        if self.pixels != FrozenPixels::Square
+            && let Some(parts) = what.as_array_mut()
+        {
+            parts.push(serde_json::json!(self.pixels));
+        }
         let h = what
             .to_string()
             .bytes()
@@ -175,6 +228,16 @@ impl RegionSpotRecipe {
         model.class_embeddings_from_ids(ids, self.templates.len())
     }
 
+    /// How batch pixels are normalised: SAM's (ImageNet's in 0–255) for official pixels, which
+    /// are read back as bytes; ImageNet's in 0–1 for square pixels, which CLIP's input is
+    /// converted from.
+    pub fn normalize(&self) -> Normalize {
+        match self.pixels {
+            FrozenPixels::Square => Normalize::imagenet(),
+            FrozenPixels::Official => Normalize::mmdet(),
+        }
+    }
+
     /// The boxes of sample `i` and their class in `vocabulary` (boxes of other classes are
     /// left out).
     fn labelled_boxes<B: Backend>(
@@ -194,14 +257,63 @@ impl RegionSpotRecipe {
     }
 }
 
+/// The detections of one image from its box × class probabilities `probs` (`[N, C]`,
+/// row-major) and the boxes' own scores (`None`: given boxes, scored 1), as `(box, class,
+/// score)`, best score first:
+/// - [`RegionSpotScores::Sigmoid`]: each probability times its box's score, the best `k`;
+/// - [`RegionSpotScores::Softmax`]: the official `inference_pred_box`: the `k` pairs of highest
+///   probability (ties: the lower index first, as `torch.topk` on the CPU), then each times its
+///   box's score.
+pub fn score_pairs(
+    probs: &[f32],
+    classes: usize,
+    box_scores: &[Option<f32>],
+    mode: RegionSpotScores,
+    k: usize,
+) -> Vec<(usize, usize, f32)> {
+    let scored = |j: usize| {
+        let b = j / classes;
+        (
+            b,
+            j % classes,
+            probs[j] * box_scores.get(b).copied().flatten().unwrap_or(1.0),
+        )
+    };
+    let by_desc = |a: &f32, b: &f32| b.total_cmp(a);
+    let mut out: Vec<(usize, usize, f32)> = match mode {
+        RegionSpotScores::Sigmoid => (0..probs.len()).map(scored).collect(),
+        RegionSpotScores::Softmax => {
+            let mut order: Vec<usize> = (0..probs.len()).collect();
+            order.sort_by(|&a, &b| by_desc(&probs[a], &probs[b]).then(a.cmp(&b)));
+            order.truncate(k);
+            order.into_iter().map(scored).collect()
+        }
+    };
+    out.sort_by(|a, b| by_desc(&a.2, &b.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+    out.truncate(k);
+    out
+}
+
+/// What [`RegionSpotRecipe::frozen_inputs`] gives for one image.
+pub struct FrozenInputs<B: Backend> {
+    /// SAM's input `[1, 3, S, S]`.
+    pub sam: Tensor<B, 4>,
+    /// CLIP's input `[1, 3, C, C]`.
+    pub clip: Tensor<B, 4>,
+    /// Batch pixels to SAM's frame, per axis `[x, y]`.
+    pub box_scale: [f32; 2],
+    /// The image's `[height, width]` inside SAM's square.
+    pub sam_input: [usize; 2],
+}
+
 /// [`Recognizer::PooledClip`]'s logits `[1, N, C]` for `boxes` (batch pixels; `scale` maps
-/// them to CLIP's input): CLIP's logit scale times the cosine between each box's pooled,
+/// them to CLIP's input, per axis `[x, y]`): CLIP's logit scale times the cosine between each box's pooled,
 /// projected patch tokens and the (normalised) class embeddings.
 fn pooled_clip_logits<B: Backend>(
     model: &RegionSpot<B>,
     features: &FrozenFeatures<B>,
     boxes: &[[f32; 4]],
-    scale: f32,
+    scale: [f32; 2],
     classes: Tensor<B, 2>,
 ) -> Result<Tensor<B, 3>> {
     let [_, l, d] = features.clip_features.dims();
@@ -220,7 +332,15 @@ fn pooled_clip_logits<B: Backend>(
     let patch = vision.patch_size();
     let weights: Vec<f32> = boxes
         .iter()
-        .flat_map(|b| teacher::box_weights(b.map(|v| v * scale), patch, g, 0, 1))
+        .flat_map(|b| {
+            let b = [
+                b[0] * scale[0],
+                b[1] * scale[1],
+                b[2] * scale[0],
+                b[3] * scale[1],
+            ];
+            teacher::box_weights(b, patch, g, 0, 1)
+        })
         .collect();
     let device = tokens.device();
     let weights =
@@ -262,9 +382,9 @@ impl Recipe for RegionSpotRecipe {
 
     fn test_transform(&self) -> TestTransform {
         TestTransform {
-            short: self.test.short_side,
+            short: self.test.short_side.unwrap_or(0),
             max_long: self.test.max_long,
-            normalize: Normalize::imagenet(),
+            normalize: self.normalize(),
         }
     }
 
@@ -373,7 +493,7 @@ impl Recipe for RegionSpotRecipe {
             if boxes.is_empty() {
                 continue;
             }
-            let features = self.frozen(model, batch, i, &boxes)?;
+            let (features, _) = self.frozen(model, batch, i, &boxes)?;
             let out = model.forward_cached(&features, classes.clone())?;
             let n = labels.len();
             let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [1, n]), &device);
@@ -412,41 +532,49 @@ impl Recipe for RegionSpotRecipe {
                 result.push(Vec::new());
                 continue;
             }
-            let features = self.frozen(model, batch, i, &boxes)?;
-            let masks = self.box_masks(model, batch, i, features.masks.clone())?;
+            let (features, sam_input) = self.frozen(model, batch, i, &boxes)?;
+            let masks = self.box_masks(model, batch, i, features.masks.clone(), sam_input)?;
             let logits = match self.recognizer {
                 Recognizer::Module => model.forward_cached(&features, classes.clone())?.logits,
                 Recognizer::PooledClip => {
                     let (h, w) = batch.image_sizes[i];
-                    let scale = self.model.clip_input as f32 / h.max(w) as f32;
+                    let side = self.model.clip_input as f32;
+                    let scale = match self.pixels {
+                        FrozenPixels::Square => [side / h.max(w) as f32; 2],
+                        FrozenPixels::Official => [side / w as f32, side / h as f32],
+                    };
                     pooled_clip_logits(model, &features, &boxes, scale, classes.clone())?
                 }
             };
-            let mut scores: Vec<f32> = sigmoid(logits)
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .unwrap_or_default();
-            // Boxes from a detector: class probability × the detector's confidence (as
-            // `BoxSource::Detector`).
-            for (row, inst) in scores.chunks_mut(c).zip(&batch.samples[i].instances) {
-                if let Some(box_score) = inst.score {
-                    row.iter_mut().for_each(|s| *s *= box_score);
+            let n = boxes.len();
+            let probs = match self.test.scores {
+                RegionSpotScores::Sigmoid => sigmoid(logits),
+                RegionSpotScores::Softmax => softmax(logits.reshape([n, c]), 1).reshape([1, n, c]),
+            };
+            let probs: Vec<f32> = probs.into_data().convert::<f32>().to_vec().map_err(|e| {
+                DetError::InvalidOption {
+                    op: "regionspot detect",
+                    why: format!("{e:?}"),
                 }
-            }
-            let mut dets: Vec<Detected> = scores
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| **s >= threshold)
-                .map(|(k, &score)| Detected {
-                    bbox: boxes[k / c],
-                    label: k % c,
-                    score,
-                    mask: Some(masks[k / c].clone()),
-                })
-                .collect();
-            dets.sort_by(|a, b| b.score.total_cmp(&a.score));
-            dets.truncate(self.test.max_detections);
+            })?;
+            let box_scores: Vec<Option<f32>> =
+                batch.samples[i].instances.iter().map(|x| x.score).collect();
+            let dets = score_pairs(
+                &probs,
+                c,
+                &box_scores,
+                self.test.scores,
+                self.test.max_detections,
+            )
+            .into_iter()
+            .filter(|&(_, _, score)| score >= threshold)
+            .map(|(b, label, score)| Detected {
+                bbox: boxes[b],
+                label,
+                score,
+                mask: Some(masks[b].clone()),
+            })
+            .collect();
             result.push(dets);
         }
         Ok(result)
