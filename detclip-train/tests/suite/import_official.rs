@@ -387,7 +387,7 @@ backend_test! {
     ///   detections within the decoders' difference, and the official masks.
     fn an_imported_regionspot_gives_the_official_codes_detections_on_photos<B>(device) {
         use detclip_core::data::{Instance, ImageSource, Orientation, Sample, decode_image};
-        use detclip_train::recipes::regionspot::{FrozenPixels, RegionSpotScores, RegionSpotTestConfig, official_pixels, score_pairs};
+        use detclip_train::recipes::regionspot::{FrozenPixels, RegionSpotScores, official_pixels, score_pairs};
         use detclip_train::teacher::TextSide;
         type I<B> = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
         let Some(data) = detclip_core::testing::shared_data("an_imported_regionspot_gives_the_official_codes_detections_on_photos") else {
@@ -402,13 +402,11 @@ backend_test! {
         let strings = |v: &serde_json::Value| -> Vec<String> { v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect() };
         let classes = strings(&want["classes"]);
         let c = classes.len();
-        let mut recipe = RegionSpotRecipe::tiny();
-        recipe.model = regionspot_tiny_official();
+        // The released preset with the tiny model and the tiny CLIP's word vocabulary.
+        let mut recipe = RegionSpotRecipe::released(regionspot_tiny_official(), here.join("regionspot_official_e2e.json"));
+        assert_eq!(recipe.templates, strings(&want["templates"]), "the official templates");
+        assert_eq!((recipe.pixels, recipe.test.scores, recipe.test.max_detections, recipe.test.short_side), (FrozenPixels::Official, RegionSpotScores::Softmax, 900, None));
         recipe.text = TextSide::Words { words: strings(&want["words"]), context: want["context"].as_u64().unwrap() as usize };
-        recipe.templates = strings(&want["templates"]);
-        recipe.teacher = None;
-        recipe.pixels = FrozenPixels::Official;
-        recipe.test = RegionSpotTestConfig { short_side: None, max_long: None, max_detections: 900, scores: RegionSpotScores::Softmax };
         recipe.validate().unwrap();
         let out = scratch("import-regionspot-e2e").join("run");
         let path = locked(|| import_checkpoint::<_, B>(&recipe, &[fixture("regionspot_tiny.pth")], &out, device)).unwrap();

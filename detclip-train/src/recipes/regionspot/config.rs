@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use detclip_core::data::SourceKind;
 use detclip_core::data::synthetic::{Split, World, WorldConfig};
 use detclip_core::{DetError, Result};
-use detclip_models::regionspot::{RegionSpotConfig, SmallRegionSpot};
+use detclip_models::regionspot::{PROMPT_TEMPLATES, RegionSpotConfig, SmallRegionSpot};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig};
@@ -228,6 +228,31 @@ impl RegionSpotRecipe {
                 l
             },
         }
+    }
+
+    /// A released RegionSpot as the official code runs it, for `detclip import` of a released
+    /// checkpoint (`regionspot_bb.pth`: [`RegionSpotConfig::vit_b_16`]; `regionspot_bl.pth`:
+    /// [`RegionSpotConfig::vit_l_14`]): CLIP's own BPE tokenizer (`tokenizer.json` of
+    /// `openai/clip-vit-*`, 77 tokens), the official 81 prompt templates, no teacher, official
+    /// pixels (the photo at its own size, [`FrozenPixels::Official`]) and softmax scoring with
+    /// the official 900 pairs per image. Training settings are the synthetic preset's.
+    pub fn released(model: RegionSpotConfig, tokenizer: PathBuf) -> Self {
+        let mut r = Self::synthetic();
+        r.model = model;
+        r.text = TextSide::Tokenizer {
+            path: tokenizer,
+            context: 77,
+        };
+        r.templates = PROMPT_TEMPLATES.iter().map(|t| t.to_string()).collect();
+        r.teacher = None;
+        r.pixels = FrozenPixels::Official;
+        r.test = RegionSpotTestConfig {
+            short_side: None,
+            max_long: None,
+            max_detections: 900,
+            scores: RegionSpotScores::Softmax,
+        };
+        r
     }
 
     /// A tiny preset for tests: narrow encoders, a short teacher, a few dozen steps.
