@@ -11,13 +11,16 @@ for the 1203 LVIS classes in 31 chunks, the image side once plus one chunk (lang
 fusion tower, head) timed and counted 31 times.
 
     git -C <GLIP checkout> show HEAD:maskrcnn_benchmark/modeling/backbone/swint.py > /tmp/glip_swint.py
-    GLIP_SWINT=/tmp/glip_swint.py python detclip-bench/reference/pytorch_glip.py [THREADS] [H W]
+    GLIP_SWINT=/tmp/glip_swint.py python detclip-bench/reference/pytorch_glip.py [THREADS] [H W] \
+        [--device cpu|cuda] [--reps N] [--out FILE]
 
 Writes detclip-bench/results/glip_pytorch.md.
 """
 
+import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -80,44 +83,75 @@ class GlipT(nn.Module):
 
 
 def main():
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
-    h, w = (int(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 3 else (800, 1333)
-    torch.set_num_threads(threads)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("threads", nargs="?", type=int, default=2, help="CPU threads of torch")
+    ap.add_argument("hw", nargs="*", type=int, help="image height and width (default 800 1333)")
+    ap.add_argument("--height", type=int)
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--reps", type=int, default=1,
+                    help="timed runs of each measurement (the median is reported); more than 1 "
+                         "adds one untimed warm-up run")
+    ap.add_argument("--out", default=os.path.join(HERE, "..", "results", "glip_pytorch.md"))
+    a = ap.parse_args()
+    h, w = (a.hw + [800, 1333])[:2] if len(a.hw) != 1 else ap.error("give both H and W")
+    h, w = a.height or h, a.width or w
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = GlipT().eval()
     params = sum(p.numel() for p in model.parameters())
-    image = torch.randn(1, 3, h, w)
-    ids = torch.randint(1000, 30000, (1, TOKENS))
-    mask = torch.ones(1, TOKENS, dtype=torch.long)
+    model = model.to(dev)
+    image = torch.randn(1, 3, h, w).to(dev)
+    ids = torch.randint(1000, 30000, (1, TOKENS)).to(dev)
+    mask = torch.ones(1, TOKENS, dtype=torch.long).to(dev)
+
+    def timed(f):
+        sync()
+        t = time.perf_counter()
+        out = f()
+        sync()
+        return (time.perf_counter() - t) * 1e3, out
+
+    fulls, images, chunks = [], [], []
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
-        t = time.perf_counter()
-        levels = model.image(image)
-        model.rest(levels, ids, mask)
-        full = (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
-        levels = model.image(image)
-        image_ms = (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
-        model.rest(levels, ids, mask)
-        chunk_ms = (time.perf_counter() - t) * 1e3
+        for i in range(a.reps + (1 if a.reps > 1 else 0)):
+            full, _ = timed(lambda: model.rest(model.image(image), ids, mask))
+            image_ms, levels = timed(lambda: model.image(image))
+            chunk_ms, _ = timed(lambda: model.rest(levels, ids, mask))
+            if a.reps > 1 and i == 0:
+                continue
+            fulls.append(full)
+            images.append(image_ms)
+            chunks.append(chunk_ms)
+    full, image_ms, chunk_ms = (statistics.median(v) for v in (fulls, images, chunks))
     total = image_ms + LVIS_CHUNKS * chunk_ms
+    if dev.type == "cuda":
+        where = (f"{torch.cuda.get_device_name()}, peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB "
+                 "allocated by torch")
+    else:
+        where = f"{a.threads} CPU threads"
+    runs = "one run each (no warm-up)" if a.reps == 1 else f"median of {a.reps} runs after one warm-up"
+    cmd = " ".join(["python", "detclip-bench/reference/pytorch_glip.py"] + sys.argv[1:])
     md = (
         "# GLIP-T in PyTorch (the same architecture, for comparison with glip.md)\n\n"
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"torch {torch.__version__}, {threads} CPU threads\n"
-        f"- command: `GLIP_SWINT=/tmp/glip_swint.py python detclip-bench/reference/pytorch_glip.py {threads} {h} {w}`\n"
+        f"torch {torch.__version__}, device {dev.type}: {where}\n"
+        f"- command: `GLIP_SWINT=/tmp/glip_swint.py {cmd}`\n"
         "- model: GLIP's `swint.py` Swin-T, torchvision FPN (P6/P7 from P5), transformers BERT-base, "
         "six layers of scripts/fixtures/glip.py's X-MHA, BertLayer and DyHead block (torchvision "
         f"deform_conv2d), dot-product head; random weights, {params / 1e6:.1f} M parameters; "
-        "eager, `eval()`, `torch.no_grad()`, batch 1, one run each (no warm-up), no post-processing\n\n"
+        f"eager, `eval()`, `torch.no_grad()`, batch 1, {h}×{w}, {runs}, no post-processing\n\n"
         "| measurement | ms |\n|---|---:|\n"
         f"| 80 classes, one 256-token prompt | {full:.0f} |\n"
         f"| LVIS: image side once (Swin-T + FPN) | {image_ms:.0f} |\n"
         f"| LVIS: one chunk (BERT, fusion tower, head) | {chunk_ms:.0f} |\n"
         f"| LVIS: total, image side + {LVIS_CHUNKS} × chunk | {total:.0f} |\n"
     )
-    out = os.path.join(HERE, "..", "results", "glip_pytorch.md")
-    with open(out, "w") as f:
+    with open(a.out, "w") as f:
         f.write(md)
     print(md)
 

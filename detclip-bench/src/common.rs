@@ -115,7 +115,23 @@ pub(crate) fn machine() -> String {
             })
         })
         .unwrap_or(0.0);
-    format!("{cpu}, {cores} cores, {mem:.0} GiB")
+    let gpu = Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,driver_version,memory.total",
+            "--format=csv,noheader",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .replace('\n', "; ")
+        })
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("; GPU: {s}"))
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem:.0} GiB{gpu}")
 }
 
 /// Times `f`: `f(true)` once (the warm-up: kernel compilation, autotune; it also returns a

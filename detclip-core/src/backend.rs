@@ -256,7 +256,8 @@ pub fn parse_device_list(list: &str) -> Result<Vec<DeviceSpec>> {
             "`auto` picks one device; list the devices explicitly (e.g. cuda:0,cuda:1)".into(),
         ));
     }
-    let specs = specs.into_iter().map(resolve).collect::<Result<Vec<_>>>()?;
+    // One kind before anything is resolved: a mixed list is refused as such, whether or not
+    // its GPU entries are there.
     let kind = |s: &DeviceSpec| std::mem::discriminant(s);
     if specs.iter().any(|s| kind(s) != kind(&specs[0])) {
         return Err(err(
@@ -264,6 +265,7 @@ pub fn parse_device_list(list: &str) -> Result<Vec<DeviceSpec>> {
                 .into(),
         ));
     }
+    let specs = specs.into_iter().map(resolve).collect::<Result<Vec<_>>>()?;
     for (i, s) in specs.iter().enumerate() {
         if *s != DeviceSpec::Cpu && specs[..i].contains(s) {
             return Err(err(format!("{s} is listed twice")));

@@ -278,12 +278,12 @@ fn vild_bad_configs_are_errors() {
 }
 
 /// The names and templates of `scripts/fixtures/vild_recipe_clip.py`.
-const CLIP_NAMES: [&str; 3] = ["red ring", "blue star", "green square"];
+pub(crate) const CLIP_NAMES: [&str; 3] = ["red ring", "blue star", "green square"];
 const CLIP_TEMPLATES: [&str; 2] = ["a photo of {} in the scene.", "a photo of a {}."];
 
 /// The tiny preset with the fixture's released-layout CLIP (OpenAI keys, the tiny BPE
 /// tokenizer's 536 ids) instead of the small pre-trained one; and the fixture folder.
-fn released_tiny() -> (VildRecipe, std::path::PathBuf) {
+pub(crate) fn released_tiny() -> (VildRecipe, std::path::PathBuf) {
     use detclip_models::clip::{
         ClipConfig, ClipLayout, ClipTextConfig, ClipVisionConfig, EotPooling,
     };

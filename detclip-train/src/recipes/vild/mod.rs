@@ -31,10 +31,10 @@ use detclip_core::data::{Batch, Normalize, TestTransform};
 use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_core::{DetError, Result};
 use detclip_models::clip::{ClipLayout, hf_clip_keys, openai_clip_keys};
-use detclip_models::import::{LoadOptions, load_checkpoint};
+use detclip_models::import::{KeyMap, LoadOptions, load_checkpoint};
 use detclip_models::vild::{
     ClassEmbeddings, EnsembleWeights, HostBox, SampleRng, VildDetections, VildLossConfig,
-    VildPredictConfig, VildTarget, box_mask_targets, predict, vild_loss,
+    VildPredictConfig, VildTarget, box_mask_targets, predict, torchvision_keys, vild_loss,
 };
 
 mod config;
@@ -49,6 +49,15 @@ use crate::learner::LearnerConfig;
 use crate::recipe::{Detected, LossTerms, ParamGroup, Recipe};
 use crate::teacher::{self};
 use crate::vild::ImageTeacher;
+
+/// ViLD's own parameters (module paths of the detector), which no torchvision checkpoint has.
+const VILD_OWN: [&str; 5] = [
+    "background",
+    "box_regression.",
+    "projection.",
+    "image_projection.",
+    "mask_head.logits.",
+];
 
 /// What a ViLD run builds once and fills as it goes: class embeddings by name (host-side: the
 /// text tower is frozen), the precomputed teachers (read from [`VildRecipe::teacher_dir`] on
@@ -166,6 +175,70 @@ impl Recipe for VildRecipe {
             }
             _ => ParamGroup::New,
         }
+    }
+
+    /// A torchvision Mask R-CNN checkpoint (`maskrcnn_resnet50_fpn`'s layout, through
+    /// [`torchvision_keys`]) of the recipe's detector sizes, optionally followed by a
+    /// safetensors file of ViLD's own parameters under our names (`box_regression.*`,
+    /// `projection.*`, `image_projection.*`, `background`, `mask_head.logits.*`); without it
+    /// those stay as built, for training. The recipe's `clip_weights` are loaded too.
+    fn import_official<B: Backend>(
+        &self,
+        model: VildModel<B>,
+        checkpoints: &[std::path::PathBuf],
+        _device: &B::Device,
+    ) -> Result<VildModel<B>> {
+        let bad = |why: String| DetError::InvalidOption {
+            op: "vild import",
+            why,
+        };
+        let (detector_file, heads_file) = match checkpoints {
+            [d] => (d, None),
+            [d, h] => (d, Some(h)),
+            _ => {
+                return Err(bad(format!(
+                    "give a torchvision Mask R-CNN checkpoint, then optionally ViLD's own                      parameters (got {} files)",
+                    checkpoints.len()
+                )));
+            }
+        };
+        let partial = LoadOptions {
+            allow_partial: true,
+            ..Default::default()
+        };
+        let mut detector = model.detector;
+        let report = load_checkpoint(&mut detector, detector_file, &torchvision_keys(), &partial)?;
+        let own = |k: &String| VILD_OWN.iter().any(|o| k.starts_with(o));
+        let foreign: Vec<&String> = report.missing.iter().filter(|k| !own(k)).collect();
+        if !foreign.is_empty() || !report.unexpected.is_empty() {
+            return Err(bad(format!(
+                "{} is not a torchvision Mask R-CNN of this recipe's detector: missing {:?}, \
+                 unexpected {:?}",
+                detector_file.display(),
+                foreign,
+                report.unexpected
+            )));
+        }
+        if let Some(heads) = heads_file {
+            let r = load_checkpoint(&mut detector, heads, &KeyMap::new(), &partial)?;
+            let left: Vec<&String> = r.missing.iter().filter(|k| own(k)).collect();
+            if !left.is_empty() || !r.unexpected.is_empty() {
+                return Err(bad(format!(
+                    "{} does not hold ViLD's own parameters: missing {left:?}, unexpected {:?}",
+                    heads.display(),
+                    r.unexpected
+                )));
+            }
+        }
+        let mut clip = model.clip;
+        if let Some(weights) = &self.clip_weights {
+            let keys = match self.clip.vision.layout {
+                ClipLayout::Hf => hf_clip_keys(),
+                ClipLayout::OpenAi => openai_clip_keys(),
+            };
+            load_checkpoint(&mut clip, weights, &keys, &LoadOptions::default())?;
+        }
+        Ok(VildModel::new(detector, clip))
     }
 
     fn test_transform(&self) -> TestTransform {
