@@ -6,7 +6,9 @@ use detclip_core::assign::AnchorGenerator;
 
 use super::heads::{MaskHead, TwoMlpHead};
 use super::roi::MultiScaleRoiAlign;
-use super::rpn::{Proposals, RpnConfig, RpnHead, RpnOutputs, select_proposals};
+use super::rpn::{
+    Proposals, RpnConfig, RpnHead, RpnOutputs, select_proposals, select_proposals_within,
+};
 use super::sampling::HostBox;
 use super::text::{cosine_logits, vild_text_logits};
 use crate::clip::Clip;
@@ -258,6 +260,27 @@ impl<B: Backend> Vild<B> {
             outputs,
             &self.anchors,
             image_size,
+            &self.rpn_config.limits(training),
+        )
+    }
+
+    /// [`Vild::proposals`] clipped to each image's own `[height, width]` inside the padded
+    /// batch ([`select_proposals_within`]).
+    ///
+    /// # Errors
+    /// As [`select_proposals_within`].
+    pub fn proposals_within(
+        &self,
+        outputs: &RpnOutputs<B>,
+        image_size: [usize; 2],
+        images: &[[usize; 2]],
+        training: bool,
+    ) -> detclip_core::Result<Vec<Proposals>> {
+        select_proposals_within(
+            outputs,
+            &self.anchors,
+            image_size,
+            images,
             &self.rpn_config.limits(training),
         )
     }

@@ -98,6 +98,25 @@ pub fn predict<B: Backend>(
     config: &VildPredictConfig,
 ) -> detclip_core::Result<Vec<VildDetections>> {
     let [n, _, h, w] = images.dims();
+    predict_within(model, images, &vec![[h, w]; n], classes, is_base, config)
+}
+
+/// [`predict`] with each image's own `[height, width]` inside the padded batch (`sizes`, one
+/// per image): proposals and detections are clipped to their image, and boxes under 0.01 px
+/// wide or high are dropped before NMS, as torchvision's `RoIHeads.postprocess_detections`
+/// does.
+///
+/// # Errors
+/// As [`predict`]; [`DetError::Shape`] when `sizes` has not one entry per image.
+pub fn predict_within<B: Backend>(
+    model: &Vild<B>,
+    images: Tensor<B, 4>,
+    sizes: &[[usize; 2]],
+    classes: Tensor<B, 2>,
+    is_base: &[bool],
+    config: &VildPredictConfig,
+) -> detclip_core::Result<Vec<VildDetections>> {
+    let [n, _, h, w] = images.dims();
     let [c, _] = classes.dims();
     if is_base.len() != c {
         return Err(DetError::Shape {
@@ -107,8 +126,16 @@ pub fn predict<B: Backend>(
             expected: format!("{c} flags (one per class)"),
         });
     }
+    if sizes.len() != n {
+        return Err(DetError::Shape {
+            op: "vild::predict",
+            what: "image sizes",
+            got: vec![sizes.len()],
+            expected: format!("{n} (one per image)"),
+        });
+    }
     let features = model.features(images)?;
-    let proposals = model.proposals(&model.rpn_outputs(&features), [h, w], false)?;
+    let proposals = model.proposals_within(&model.rpn_outputs(&features), [h, w], sizes, false)?;
     let rois: Vec<Vec<HostBox>> = proposals.into_iter().map(|p| p.boxes).collect();
     let total: usize = rois.iter().map(Vec::len).sum();
     if total == 0 {
@@ -132,13 +159,14 @@ pub fn predict<B: Backend>(
     let scores = read("vild::predict", scores)?;
     let mut start = 0;
     rois.iter()
-        .map(|r| {
+        .zip(sizes)
+        .map(|(r, &size)| {
             let d = per_class_nms(
                 &boxes[start * 4..],
                 &scores[start * c..],
                 r.len(),
                 c,
-                [h, w],
+                size,
                 config,
             );
             start += r.len();
@@ -147,8 +175,9 @@ pub fn predict<B: Backend>(
         .collect()
 }
 
-/// Every (RoI, class) pair above the threshold, the RoI's box clipped to the image, NMS per
-/// class, the best `max_detections`.
+/// Every (RoI, class) pair above the threshold, the RoI's box clipped to the image (boxes
+/// under 0.01 px wide or high dropped, torchvision's `remove_small_boxes`), NMS per class, the
+/// best `max_detections`.
 fn per_class_nms(
     boxes: &[f32],
     scores: &[f32],
@@ -166,6 +195,9 @@ fn per_class_nms(
             b[2].clamp(0.0, w as f32),
             b[3].clamp(0.0, h as f32),
         ];
+        if clipped[2] - clipped[0] < 1e-2 || clipped[3] - clipped[1] < 1e-2 {
+            continue;
+        }
         for j in 0..c {
             let s = scores[r * c + j];
             if s >= config.score_threshold {

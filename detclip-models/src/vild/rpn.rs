@@ -268,6 +268,23 @@ pub fn select_proposals<B: Backend>(
     image_size: [usize; 2],
     limits: &ProposalLimits,
 ) -> detclip_core::Result<Vec<Proposals>> {
+    let n = outputs.objectness.first().map_or(0, |t| t.dims()[0]);
+    select_proposals_within(outputs, generator, image_size, &vec![image_size; n], limits)
+}
+
+/// [`select_proposals`] with each image's own `[height, width]` inside the padded batch
+/// `image_size` (`images`, one per image): anchors follow the padded batch, proposals are
+/// clipped to their image, as torchvision clips to `ImageList.image_sizes`.
+///
+/// # Errors
+/// As [`select_proposals`]; [`DetError::Shape`] when `images` has not one size per image.
+pub fn select_proposals_within<B: Backend>(
+    outputs: &RpnOutputs<B>,
+    generator: &AnchorGenerator,
+    image_size: [usize; 2],
+    images: &[[usize; 2]],
+    limits: &ProposalLimits,
+) -> detclip_core::Result<Vec<Proposals>> {
     let sizes = outputs.sizes();
     let anchors = rpn_anchors(generator, image_size, &sizes)?;
     let counts: Vec<usize> = anchors.iter().map(Vec::len).collect();
@@ -289,9 +306,17 @@ pub fn select_proposals<B: Backend>(
     let boxes = coder.decode(deltas.reshape([n * total, 4]).detach(), reference)?;
     let boxes = read("select_proposals", boxes)?;
     let logits = read("select_proposals", obj.detach())?;
-    let (h, w) = (image_size[0] as f32, image_size[1] as f32);
+    if images.len() != n {
+        return Err(DetError::Shape {
+            op: "select_proposals",
+            what: "image sizes",
+            got: vec![images.len()],
+            expected: format!("{n} (one per image)"),
+        });
+    }
     (0..n)
         .map(|i| {
+            let (h, w) = (images[i][0] as f32, images[i][1] as f32);
             let logits = &logits[i * total..(i + 1) * total];
             let boxes = &boxes[i * total * 4..(i + 1) * total * 4];
             let mut cand_boxes = Vec::new();

@@ -15,8 +15,8 @@ use detclip_models::tokenizer::{TextTokenizer, TokenizerOptions};
 use detclip_models::vild::{
     ClassEmbeddings, EnsembleWeights, Match, MultiScaleRoiAlign, SampleRng, TeacherRegions,
     VILD_PROMPT, VILD_TEMPLATES, Vild, VildConfig, VildLossConfig, VildPredictConfig, VildTarget,
-    ensemble_scores, match_boxes, predict, sample_balanced, torchvision_keys, vild_loss,
-    vild_text_logits,
+    ensemble_scores, match_boxes, predict, predict_within, sample_balanced, torchvision_keys,
+    vild_loss, vild_text_logits,
 };
 use regex::Regex;
 
@@ -423,6 +423,21 @@ backend_test! {
                 }
             }
         }
+        // Each image's own size inside the padded batch: everything stays inside it (as
+        // torchvision clips to `image_sizes`); the padded size gives `predict`'s detections.
+        let config = VildPredictConfig::new().with_score_threshold(0.0).with_max_detections(30);
+        let sizes = [[40, 50], [64, 33]];
+        let within = predict_within(&model, images.clone(), &sizes, classes.clone(), &is_base, &config).unwrap();
+        for (d, [h, w]) in within.iter().zip(sizes) {
+            assert!(!d.boxes.is_empty());
+            assert!(d.boxes.iter().all(|b| b[2] <= w as f32 && b[3] <= h as f32), "a box past its image: {:?}", d.boxes);
+        }
+        assert_eq!(
+            predict_within(&model, images.clone(), &[[64, 80]; 2], classes.clone(), &is_base, &config).unwrap(),
+            predict(&model, images.clone(), classes.clone(), &is_base, &config).unwrap()
+        );
+        let err = predict_within(&model, images.clone(), &[[64, 80]], classes.clone(), &is_base, &config).unwrap_err();
+        assert!(matches!(err, DetError::Shape { what: "image sizes", .. }), "{err}");
         let err = predict(&model, images, classes, &[true], &VildPredictConfig::new()).unwrap_err();
         assert!(matches!(err, DetError::Shape { what: "is_base", .. }), "{err}");
     }

@@ -34,7 +34,7 @@ use detclip_models::clip::{ClipLayout, hf_clip_keys, openai_clip_keys};
 use detclip_models::import::{KeyMap, LoadOptions, load_checkpoint};
 use detclip_models::vild::{
     ClassEmbeddings, EnsembleWeights, HostBox, SampleRng, VildDetections, VildLossConfig,
-    VildPredictConfig, VildTarget, box_mask_targets, predict, torchvision_keys, vild_loss,
+    VildPredictConfig, VildTarget, box_mask_targets, predict_within, torchvision_keys, vild_loss,
 };
 
 mod config;
@@ -385,9 +385,11 @@ impl Recipe for VildRecipe {
             .with_score_threshold(threshold)
             .with_nms_threshold(self.test.nms_iou)
             .with_max_detections(self.test.max_detections);
-        let dets = predict(
+        let sizes: Vec<[usize; 2]> = batch.image_sizes.iter().map(|&(h, w)| [h, w]).collect();
+        let dets = predict_within(
             &model.detector,
             batch.images.clone(),
+            &sizes,
             classes,
             &is_base,
             &config,
