@@ -175,3 +175,24 @@ pub fn shared_data(test: &str) -> Option<std::path::PathBuf> {
         None
     }
 }
+
+/// `../shared/models/<name>` beside the repository (override the folder with
+/// `DETCLIP_SHARED_MODELS`), or `None` with a clear message on stderr when it is absent: tests
+/// that read real weights then return early and say so.
+pub fn shared_model(test: &str, name: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("DETCLIP_SHARED_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models")
+        })
+        .join(name);
+    if dir.join("config.json").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "{test}: SKIPPED, model folder not found at {} (set DETCLIP_SHARED_MODELS)",
+            dir.display()
+        );
+        None
+    }
+}

@@ -26,6 +26,8 @@
 //!   share
 //! - [`shapes`]: the `shapes` detector, a small open-vocabulary detector for the synthetic
 //!   world (the learner's test model and `detclip demo`'s)
+//! - [`hf`]: BERT, sentence-transformers and CLIP models read from their Hugging Face folder
+//!   (`config.json`, weights, `tokenizer.json`), sentence embeddings as sentence-transformers
 //! - [`tokenizer`]: HF `tokenizer.json` tokenizers (BERT WordPiece, CLIP BPE) with padding,
 //!   truncation and character-span ↔ token maps
 #![warn(missing_docs)]
@@ -38,6 +40,7 @@ pub mod dense;
 pub mod detclipv2;
 pub mod fpn;
 pub mod glip;
+pub mod hf;
 pub mod import;
 pub mod layers;
 pub mod regionspot;

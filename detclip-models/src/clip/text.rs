@@ -4,7 +4,7 @@ use burn::prelude::*;
 use detclip_core::DetError;
 
 use super::block::{BlockSizes, ClipBlock, ClipLayout, Projection};
-use crate::attention::causal_bias;
+use crate::attention::{causal_bias, padding_bias};
 
 /// Which token's state is the sentence embedding.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -114,6 +114,24 @@ impl<B: Backend> ClipText<B> {
     /// # Errors
     /// [`DetError::Shape`] when `L` is 0 or longer than the context.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> detclip_core::Result<ClipTextOutput<B>> {
+        self.forward_masked(input_ids, None)
+    }
+
+    /// [`ClipText::forward`] with transformers' `attention_mask` (1 token, 0 padding): padded
+    /// keys are hidden from every query on top of the causal mask, so that every position's
+    /// state — padding included — is what transformers' `CLIPTextModel` computes. The pooled
+    /// embedding is the same with or without it.
+    ///
+    /// # Shapes
+    /// - `input_ids`, `attention_mask`: `[N, L]`, `1 ≤ L ≤ context_length`
+    ///
+    /// # Errors
+    /// As [`ClipText::forward`], and [`DetError::Shape`] for a mask of another shape.
+    pub fn forward_masked(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> detclip_core::Result<ClipTextOutput<B>> {
         let [n, l] = input_ids.dims();
         let [context, d] = self.position_embedding.dims();
         if l == 0 || l > context || n == 0 {
@@ -131,9 +149,20 @@ impl<B: Backend> ClipText<B> {
             .slice(s![0..l, ..])
             .unsqueeze();
         let mut x = self.token_embedding.forward(input_ids.clone()) + positions;
-        let causal = causal_bias::<B>(l, &device);
+        let mut bias = causal_bias::<B>(l, &device);
+        if let Some(mask) = attention_mask {
+            if mask.dims() != [n, l] {
+                return Err(DetError::Shape {
+                    op: "ClipText",
+                    what: "attention_mask",
+                    got: mask.dims().to_vec(),
+                    expected: format!("[{n}, {l}] like input_ids"),
+                });
+            }
+            bias = bias + padding_bias(mask);
+        }
         for block in &self.layers {
-            x = block.forward(x, Some(causal.clone()));
+            x = block.forward(x, Some(bias.clone()));
         }
         let hidden = self.final_norm.forward(x);
         let at = self

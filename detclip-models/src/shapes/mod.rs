@@ -47,6 +47,11 @@ pub struct ShapesConfig {
     pub anchor_scale: f32,
     /// GroupNorm groups.
     pub norm_groups: usize,
+    /// Width of pretrained text features (a sentence encoder's, e.g. MiniLM's 384): when
+    /// set, concept embeddings are a trained linear projection of those features
+    /// ([`ShapesDetector::forward_text_features`]) instead of the trigram encoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_features: Option<usize>,
 }
 
 /// The strides of P3–P5.
@@ -189,6 +194,9 @@ pub struct ShapesDetector<B: Backend> {
     pub head: DenseHead<B>,
     /// Concept-name encoder.
     pub text: TrigramText<B>,
+    /// Projection of pretrained text features into the region space (when
+    /// [`ShapesConfig::text_features`] is set).
+    pub features: Option<Linear<B>>,
     /// `[log scale, bias]` of the region–concept logits.
     pub logit: Param<Tensor<B, 1>>,
 }
@@ -270,6 +278,9 @@ impl ShapesConfig {
             backbone: TinyBackbone { stages },
             head,
             text,
+            features: self
+                .text_features
+                .map(|d| LinearConfig::new(d, self.embed_dim).init(device)),
             logit,
         }
     }
@@ -324,6 +335,34 @@ impl<B: Backend> ShapesDetector<B> {
         )
     }
 
+    /// Unit-length concept embeddings `[C, D]` from pretrained text features `[C, F]` (one
+    /// row per concept, e.g. MiniLM sentence embeddings), through the trained projection.
+    ///
+    /// # Errors
+    /// [`DetError::InvalidOption`](detclip_core::DetError::InvalidOption) when the model has
+    /// no projection ([`ShapesConfig::text_features`] unset), [`DetError::Shape`](detclip_core::DetError::Shape)
+    /// when `F` is not its width.
+    pub fn forward_text_features(&self, features: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+        let proj =
+            self.features.as_ref().ok_or_else(|| {
+                detclip_core::DetError::InvalidOption {
+            op: "shapes text",
+            why: "this model has no projection of pretrained text features (text_features is unset)"
+                .into(),
+        }
+            })?;
+        let want = proj.weight.dims()[0];
+        if features.dims()[1] != want {
+            return Err(detclip_core::DetError::Shape {
+                op: "shapes text",
+                what: "features",
+                got: features.dims().to_vec(),
+                expected: format!("[C, {want}]"),
+            });
+        }
+        Ok(l2_normalize_eps(proj.forward(features), 1e-6))
+    }
+
     /// Region–concept logits `[N, A, C]`.
     pub fn logits(&self, embed: Tensor<B, 3>, text: Tensor<B, 2>) -> Tensor<B, 3> {
         let [n, _, _] = embed.dims();
@@ -334,7 +373,9 @@ impl<B: Backend> ShapesDetector<B> {
             + l.narrow(0, 1, 1).reshape([1, 1, 1])
     }
 
-    /// Detections of `vocabulary` in a batch of images: score `√(σ(logit) · σ(centerness))`,
+    /// Detections of the concepts whose unit-length embeddings are `text` (`[C, D]`, from
+    /// [`ShapesDetector::forward_text`] or [`ShapesDetector::forward_text_features`]) in a
+    /// batch of images: score `√(σ(logit) · σ(centerness))`,
     /// boxes decoded from the anchors, [`dense_detections`] with `test`'s settings.
     ///
     /// # Shapes
@@ -349,13 +390,12 @@ impl<B: Backend> ShapesDetector<B> {
         config: &ShapesConfig,
         images: Tensor<B, 4>,
         image_sizes: &[(usize, usize)],
-        vocabulary: &[String],
+        text: Tensor<B, 2>,
         threshold: f32,
         test: &DenseTestConfig,
     ) -> Result<Vec<Detections>> {
         let out = self.forward_image(images);
         let anchors = LevelAnchors::new(&out.sizes, config.anchor_scale)?;
-        let text = self.forward_text(vocabulary, config.trigram_buckets);
         let logits = self.logits(out.embed, text);
         let [n, a, _] = logits.dims();
         let scores = (sigmoid(logits) * sigmoid(out.centerness).reshape([n, a, 1])).sqrt();
@@ -377,6 +417,7 @@ impl ShapesConfig {
             || self.trigram_buckets == 0
             || self.word_dim == 0
             || self.norm_groups == 0
+            || self.text_features == Some(0)
             || [c[0], c[1], c[2], c[3], c[4], self.head_channels]
                 .iter()
                 .any(|ch| ch % self.norm_groups.min(*ch) != 0)

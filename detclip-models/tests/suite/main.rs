@@ -15,6 +15,7 @@ mod detclipv2;
 mod fpn;
 mod glip;
 mod glip_official;
+mod hf;
 mod import;
 mod regionspot;
 mod resnet;
