@@ -335,6 +335,22 @@ pub struct DemoReport {
     pub loss_plot: PathBuf,
     /// The held-out concept names.
     pub held_out: Vec<String>,
+    /// AP of the test split prompted with the world's names and with unseen synonyms
+    /// ([`crate::unseen`]).
+    pub unseen: Vec<crate::unseen::WordingAp>,
+    /// Pictures of detections for prompts made only of unseen words.
+    pub unseen_pictures: Vec<PathBuf>,
+}
+
+/// What `detclip demo` is asked for beyond the preset.
+#[derive(Debug, Clone, Default)]
+pub struct DemoOptions {
+    /// Training steps (None: the preset's).
+    pub steps: Option<u64>,
+    /// The learner's seed (None: the preset's).
+    pub seed: Option<u64>,
+    /// A sentence-transformers folder for the language side (None: the trigram encoder).
+    pub text_model: Option<PathBuf>,
 }
 
 struct DemoTask {
@@ -379,28 +395,67 @@ impl BackendTask for DemoTask {
             &device,
         )?
         .pictures;
+        let cx = recipe.context()?;
+        let unseen = crate::unseen::unseen_word_report(
+            &recipe,
+            &cx,
+            &model,
+            &set,
+            recipe.learner.eval_batch_size,
+            &device,
+        )?;
+        let unseen_prompts: Vec<String> = set
+            .vocabulary
+            .iter()
+            .map(|n| crate::unseen::rewrite(n, crate::unseen::Rewrite::Both))
+            .collect();
+        let unseen_pictures = detect_and_write(
+            &recipe,
+            &model,
+            &samples,
+            &unseen_prompts,
+            0.3,
+            &self.out.join("unseen_words"),
+            &device,
+        )?
+        .pictures;
+        crate::learner::write_atomic(
+            &self.out.join("unseen_words.json"),
+            serde_json::to_string_pretty(&unseen)
+                .expect("a report serialises")
+                .as_bytes(),
+        )?;
         Ok(DemoReport {
             eval: run.eval,
             run,
             pictures,
             loss_plot: files.plot,
             held_out: set.held_out,
+            unseen,
+            unseen_pictures,
         })
     }
 }
 
 /// `detclip demo`: trains the `shapes` recipe on the synthetic world, evaluates seen and
-/// held-out AP, and draws detections of held-out concepts. `steps` overrides the preset's.
+/// held-out AP and the AP of unseen-word prompts, and draws detections of held-out concepts
+/// and of unseen-word prompts.
 pub fn demo_command(
     out: &Path,
     device: &str,
-    steps: Option<u64>,
+    options: &DemoOptions,
     progress: bool,
 ) -> Result<DemoReport> {
     let spec: DeviceSpec = device.parse()?;
-    let mut recipe = ShapesRecipe::demo();
-    if let Some(s) = steps {
+    let mut recipe = match &options.text_model {
+        None => ShapesRecipe::demo(),
+        Some(dir) => ShapesRecipe::demo_with_text_model(dir)?,
+    };
+    if let Some(s) = options.steps {
         recipe.learner.steps = s;
+    }
+    if let Some(s) = options.seed {
+        recipe.learner.seed = s;
     }
     recipe.validate()?;
     run_on(

@@ -34,4 +34,5 @@ pub mod recipe;
 pub mod recipes;
 pub mod splits;
 pub mod teacher;
+pub mod unseen;
 pub mod vild;

@@ -10,7 +10,7 @@
 //!     [--devices cuda:0,cuda:1] [--precision f32|f16|bf16 [--no-master-weights]]
 //! detclip detect --checkpoint C --image PATH|DIR --prompt "cat. dog." [--threshold 0.3] [--out DIR]
 //!                [--boxes DETECTIONS.json [--min-box-score S]]   (regionspot: classify given boxes)
-//! detclip demo [--out DIR] [--device cpu] [--steps N]
+//! detclip demo [--out DIR] [--device cpu] [--steps N] [--seed S] [--text-model DIR]
 //! detclip import --recipe NAME --checkpoint OFFICIAL [--checkpoint …] [--config FILE] --out DIR
 //! detclip regionspot cache [--config FILE | --checkpoint C] --out DIR [--device auto]
 //! detclip vild precompute --annotations GT.json --images DIR --detector MASKRCNN.pth --clip CLIP
@@ -161,6 +161,13 @@ enum Command {
         /// Training steps (default: the preset's).
         #[arg(long)]
         steps: Option<u64>,
+        /// The learner's seed (default: the preset's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// A sentence-transformers folder (e.g. ../shared/models/all-MiniLM-L6-v2) as the
+        /// frozen language side, instead of the trigram encoder trained from scratch.
+        #[arg(long)]
+        text_model: Option<PathBuf>,
     },
     /// RegionSpot tools.
     Regionspot {
@@ -472,9 +479,15 @@ fn run_train(
     }
 }
 
-fn run_demo(out: PathBuf, device: &str, steps: Option<u64>) -> ExitCode {
-    println!("detclip demo: training the `shapes` detector on the synthetic world ({device})");
-    match commands::demo_command(&out, device, steps, true) {
+fn run_demo(out: PathBuf, device: &str, options: commands::DemoOptions) -> ExitCode {
+    let text = options.text_model.as_ref().map_or_else(
+        || "trigram text encoder".to_string(),
+        |d| format!("text model {}", d.display()),
+    );
+    println!(
+        "detclip demo: training the `shapes` detector on the synthetic world ({device}, {text})"
+    );
+    match commands::demo_command(&out, device, &options, true) {
         Ok(r) => {
             println!(
                 "trained {} steps in {:.0} s",
@@ -490,6 +503,22 @@ fn run_demo(out: PathBuf, device: &str, steps: Option<u64>) -> ExitCode {
                 }
             }
             println!("held-out concepts: {}", r.held_out.join(", "));
+            println!("prompts with unseen words (COCO AP, AP50; all / seen / held-out concepts):");
+            for w in &r.unseen {
+                let h = w.report.held_out.map_or(f64::NAN, |h| h.AP);
+                println!(
+                    "  {:<16} e.g. {:<20} AP {:.3} / {:.3} / {:.3}  AP50 {:.3}",
+                    w.wording,
+                    format!("\"{}\"", w.example),
+                    w.report.all.AP,
+                    w.report.seen.AP,
+                    h,
+                    w.report.all.AP50
+                );
+            }
+            if let Some(p) = r.unseen_pictures.first().and_then(|p| p.parent()) {
+                println!("detections of unseen-word prompts: {}", p.display());
+            }
             println!("loss curve: {}", r.loss_plot.display());
             if let Some(p) = r.pictures.first().and_then(|p| p.parent()) {
                 println!("detections of held-out concepts: {}", p.display());
@@ -556,7 +585,21 @@ fn main() -> ExitCode {
             }
             Err(e) => fail("detect", e),
         },
-        Command::Demo { out, device, steps } => run_demo(out, &device, steps),
+        Command::Demo {
+            out,
+            device,
+            steps,
+            seed,
+            text_model,
+        } => run_demo(
+            out,
+            &device,
+            commands::DemoOptions {
+                steps,
+                seed,
+                text_model,
+            },
+        ),
         Command::Eval { what } => run_eval(what),
         Command::Regionspot {
             what:

@@ -9,16 +9,22 @@
 //!   (`detclip_core::loss`); for image-text batches (no boxes), the max over regions of each
 //!   concept's logit against whether the caption mentions it (DetCLIPv2's max aggregation).
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use detclip_core::Result;
 use detclip_core::assign::{AtssOptions, LevelAnchors, atss_assign, decode_distances};
+use detclip_core::backend::NdArrayBackend;
 use detclip_core::data::{Batch, SourceKind, TestTransform};
 use detclip_core::ext::{DetclipAutodiffBackend, DetclipOps};
 use detclip_core::loss::{
     Reduction, bce_with_logits, centerness_loss, centerness_targets, giou_loss, sigmoid_focal_loss,
 };
+use detclip_core::{DetError, Result};
 use detclip_models::dense::DenseTestConfig;
+use detclip_models::hf::{SentenceEncoder, read_bert_config, read_sentence_pooling};
 use detclip_models::shapes::{ShapesConfig, ShapesDetector};
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +66,12 @@ pub struct ShapesRecipe {
     pub data: DataConfig,
     /// The learner.
     pub learner: LearnerConfig,
+    /// A sentence-transformers folder (e.g. `../shared/models/all-MiniLM-L6-v2`) whose frozen
+    /// sentence embeddings of each concept name replace the trigram encoder; the model's
+    /// [`ShapesConfig::text_features`] must be its width. Each name is encoded once per run
+    /// and cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_model: Option<PathBuf>,
 }
 
 impl ShapesRecipe {
@@ -78,6 +90,7 @@ impl ShapesRecipe {
                 word_dim: 32,
                 anchor_scale: 4.0,
                 norm_groups: 8,
+                text_features: None,
             },
             loss: ShapesLossConfig {
                 focal_alpha: 0.25,
@@ -121,7 +134,20 @@ impl ShapesRecipe {
                 size_divisor: 32,
             },
             learner: LearnerConfig::adamw(400, 3e-3),
+            text_model: None,
         }
+    }
+
+    /// The demo preset with a pretrained sentence encoder as its language side: the folder's
+    /// sizes are read (not its weights) to give the projection its width.
+    ///
+    /// # Errors
+    /// As [`sentence_dim`] for a folder that is not a sentence-transformers model.
+    pub fn demo_with_text_model(dir: &Path) -> Result<Self> {
+        let mut r = Self::demo();
+        r.model.text_features = Some(sentence_dim(dir)?);
+        r.text_model = Some(dir.to_path_buf());
+        Ok(r)
     }
 
     /// A tiny preset for tests: small images, narrow layers, a few dozen steps.
@@ -238,17 +264,135 @@ fn index<B: Backend>(values: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
     Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
 }
 
+/// The width of a sentence-transformers folder's embeddings, from its config files alone.
+///
+/// # Errors
+/// As [`read_bert_config`] and [`read_sentence_pooling`].
+pub fn sentence_dim(dir: &Path) -> Result<usize> {
+    let pooling = read_sentence_pooling(dir)?;
+    let config = read_bert_config(&dir.join("config.json"))?;
+    Ok(config.hidden_size * pooling.modes.len())
+}
+
+/// A frozen sentence encoder on the CPU and the embeddings it has computed, by name.
+pub struct PretrainedText {
+    dir: PathBuf,
+    dim: usize,
+    inner: Mutex<(SentenceEncoder<NdArrayBackend>, HashMap<String, Vec<f32>>)>,
+}
+
+impl PretrainedText {
+    /// Loads the folder ([`SentenceEncoder::load`]) on the CPU.
+    ///
+    /// # Errors
+    /// As [`SentenceEncoder::load`].
+    pub fn load(dir: &Path) -> Result<Self> {
+        let encoder = SentenceEncoder::<NdArrayBackend>::load(dir, &Default::default())?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            dim: encoder.dim(),
+            inner: Mutex::new((encoder, HashMap::new())),
+        })
+    }
+
+    /// The embedding width.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The embeddings of `names`, `[C · dim]` row-major; names not seen before are encoded
+    /// (in one batch) and cached.
+    ///
+    /// # Errors
+    /// As [`SentenceEncoder::encode`] (an empty name).
+    pub fn features(&self, names: &[String]) -> Result<Vec<f32>> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (encoder, cache) = &mut *guard;
+        let mut new: Vec<&String> = names.iter().filter(|n| !cache.contains_key(*n)).collect();
+        new.sort();
+        new.dedup();
+        if !new.is_empty() {
+            let rows: Vec<f32> = encoder
+                .encode(&new, 64)
+                .map_err(|e| DetError::InvalidOption {
+                    op: "shapes text model",
+                    why: format!("{}: {e}", self.dir.display()),
+                })?
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .expect("f32 data");
+            for (name, row) in new.iter().zip(rows.chunks_exact(self.dim)) {
+                cache.insert((*name).clone(), row.to_vec());
+            }
+        }
+        Ok(names
+            .iter()
+            .flat_map(|n| cache[n].iter().copied())
+            .collect())
+    }
+}
+
+/// What a `shapes` run derives once: the pretrained text encoder when the recipe names one.
+pub struct ShapesContext {
+    /// The sentence encoder (None: the model's trigram encoder).
+    pub text: Option<PretrainedText>,
+}
+
+impl ShapesContext {
+    /// Unit-length concept embeddings `[C, D]` of `names` for `model`.
+    ///
+    /// # Errors
+    /// As [`PretrainedText::features`] and [`ShapesDetector::forward_text_features`].
+    pub fn concepts<B: Backend>(
+        &self,
+        model: &ShapesDetector<B>,
+        names: &[String],
+        buckets: usize,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>> {
+        match &self.text {
+            None => Ok(model.forward_text(names, buckets)),
+            Some(t) => {
+                let rows = t.features(names)?;
+                let features =
+                    Tensor::<B, 2>::from_data(TensorData::new(rows, [names.len(), t.dim]), device);
+                model.forward_text_features(features)
+            }
+        }
+    }
+}
+
 impl Recipe for ShapesRecipe {
     const NAME: &'static str = "shapes";
     type Model<B: Backend> = ShapesDetector<B>;
-    type Context = ();
+    type Context = ShapesContext;
 
     fn build<B: Backend>(&self, device: &B::Device) -> Result<ShapesDetector<B>> {
         Ok(self.model.init(device))
     }
 
-    fn context(&self) -> Result<()> {
-        Ok(())
+    fn context(&self) -> Result<ShapesContext> {
+        let text = match &self.text_model {
+            None => None,
+            Some(dir) => {
+                let t = PretrainedText::load(dir)?;
+                if self.model.text_features != Some(t.dim()) {
+                    return Err(DetError::InvalidOption {
+                        op: "shapes recipe",
+                        why: format!(
+                            "text_model {} gives {}-wide embeddings but model.text_features is \
+                             {:?}",
+                            dir.display(),
+                            t.dim(),
+                            self.model.text_features
+                        ),
+                    });
+                }
+                Some(t)
+            }
+        };
+        Ok(ShapesContext { text })
     }
 
     fn learner(&self) -> &LearnerConfig {
@@ -267,12 +411,21 @@ impl Recipe for ShapesRecipe {
         self.learner.validate()?;
         self.data.validate()?;
         self.test.validate()?;
-        self.model.validate()
+        self.model.validate()?;
+        if self.text_model.is_some() != self.model.text_features.is_some() {
+            return Err(DetError::InvalidOption {
+                op: "shapes recipe",
+                why: "text_model and model.text_features go together: set both (a pretrained \
+                      text encoder) or neither (the trigram encoder)"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     fn loss<B: DetclipAutodiffBackend>(
         &self,
-        _cx: &(),
+        cx: &ShapesContext,
         model: &ShapesDetector<B>,
         batch: &Batch<B>,
         vocabulary: &[String],
@@ -281,7 +434,7 @@ impl Recipe for ShapesRecipe {
         let out = model.forward_image(batch.images.clone());
         let anchors = LevelAnchors::new(&out.sizes, self.model.anchor_scale)?;
         let targets = self.targets(batch, &anchors, vocabulary)?;
-        let text = model.forward_text(vocabulary, self.model.trigram_buckets);
+        let text = cx.concepts(model, vocabulary, self.model.trigram_buckets, &device)?;
         let logits = model.logits(out.embed, text);
         let [n, a, c] = logits.dims();
         let l = &self.loss;
@@ -347,17 +500,23 @@ impl Recipe for ShapesRecipe {
 
     fn detect<B: DetclipOps>(
         &self,
-        _cx: &(),
+        cx: &ShapesContext,
         model: &ShapesDetector<B>,
         batch: &Batch<B>,
         vocabulary: &[String],
         threshold: f32,
     ) -> Result<Vec<Vec<Detected>>> {
+        let text = cx.concepts(
+            model,
+            vocabulary,
+            self.model.trigram_buckets,
+            &batch.images.device(),
+        )?;
         let dets = model.detect(
             &self.model,
             batch.images.clone(),
             &batch.image_sizes,
-            vocabulary,
+            text,
             threshold,
             &self.test,
         )?;

@@ -22,5 +22,6 @@ mod parallel;
 mod regionspot;
 mod sampler;
 mod schedule;
+mod text_model;
 mod vild;
 mod vild_recipe;
