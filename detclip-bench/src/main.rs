@@ -32,6 +32,7 @@ mod models;
 mod ops;
 mod precision;
 mod regionspot;
+mod text;
 mod vild;
 
 use std::process::ExitCode;
@@ -66,6 +67,8 @@ enum Command {
     Glip(glip::GlipArgs),
     /// Master weights: training step time with one copy and with f32 masters on the CPU.
     Precision(precision::PrecisionArgs),
+    /// Text encoders (MiniLM, BERT-base, CLIP's text tower) on LVIS's names against PyTorch.
+    Text(text::TextArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Detclipv2(args) => detclipv2::run(args),
         Command::Glip(args) => glip::run(args),
         Command::Precision(args) => precision::run(args),
+        Command::Text(args) => text::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

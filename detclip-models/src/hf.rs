@@ -439,6 +439,19 @@ pub fn load_bert<B: Backend>(
     })
 }
 
+/// Loads the weights of the BERT folder `dir` (`model.safetensors` or `pytorch_model.bin`,
+/// through [`hf_bert_keys`]) into `bert`, which must have the folder's sizes — the language
+/// side of a detector built from [`read_bert_config`] (GLIP's BERT slot).
+///
+/// # Errors
+/// [`DetError::Io`] when the folder has no weights; [`DetError::Checkpoint`] for keys or
+/// shapes that disagree.
+pub fn load_bert_weights<B: Backend>(bert: &mut Bert<B>, dir: &Path) -> Result<()> {
+    let weights = weights_file(dir)?;
+    load_checkpoint(bert, &weights, &hf_bert_keys(), &LoadOptions::default())?;
+    Ok(())
+}
+
 /// A batch of encodings padded to the longest with `pad_id`: `(ids, attention_mask,
 /// type_ids)`, each `[N, L]`.
 ///

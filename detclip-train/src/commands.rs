@@ -108,6 +108,36 @@ impl AnyRecipe {
         }
     }
 
+    /// This recipe with a pretrained text model from a Hugging Face folder as its language
+    /// side (`detclip train --text-model DIR`): `shapes` encodes names with the folder's
+    /// sentence encoder (frozen), `glip` starts its BERT from the folder's weights (trained at
+    /// a tenth of the base rate).
+    ///
+    /// # Errors
+    /// [`DetError::InvalidOption`] for the other recipes; the folder's errors.
+    pub fn with_text_model(self, dir: &Path) -> Result<Self> {
+        match self {
+            AnyRecipe::Shapes(mut r) => {
+                r.model.text_features = Some(crate::recipes::shapes::sentence_dim(dir)?);
+                r.text_model = Some(dir.to_path_buf());
+                r.validate()?;
+                Ok(r.into())
+            }
+            AnyRecipe::Glip(r) => {
+                let r = r.with_text_model(dir, 0.1)?;
+                r.validate()?;
+                Ok(r.into())
+            }
+            other => Err(DetError::InvalidOption {
+                op: "train --text-model",
+                why: format!(
+                    "recipe `{}` takes no text model folder yet (shapes and glip do)",
+                    other.name()
+                ),
+            }),
+        }
+    }
+
     /// This recipe with its data block replaced (`detclip train --data FILE`).
     pub fn with_data(self, data: crate::data::DataConfig) -> Result<Self> {
         Ok(with_recipe!(self, r => r.with_data(data)?.into()))
@@ -284,6 +314,71 @@ impl BackendTask for DetectTask {
         })?;
         with_recipe!(&kind, r => detect_with::<_, B>(r, &self, &device))
     }
+}
+
+struct UnseenTask {
+    checkpoint: PathBuf,
+}
+
+/// [`unseen_command`] with the checkpoint's recipe `R`.
+fn unseen_with<R: Recipe, B: DetclipAutodiffBackend>(
+    _kind: &R,
+    checkpoint: &Path,
+    device: &B::Device,
+) -> Result<Vec<crate::unseen::WordingAp>> {
+    let (recipe, model) = load_trained::<R, B::InnerBackend>(checkpoint, device)?;
+    if !matches!(
+        recipe.data().eval.as_ref().map(|e| e.synthetic().is_some()),
+        Some(true)
+    ) {
+        return Err(DetError::InvalidOption {
+            op: "unseen",
+            why: format!(
+                "{}: the run's evaluation set is not a synthetic world (the synonyms replace \
+                 its colour and shape words)",
+                checkpoint.display()
+            ),
+        });
+    }
+    let set = EvalSet::of(&recipe)?.expect("checked above");
+    let cx = recipe.context()?;
+    crate::unseen::unseen_word_report(
+        &recipe,
+        &cx,
+        &model,
+        &set,
+        recipe.learner().eval_batch_size,
+        device,
+    )
+}
+
+impl BackendTask for UnseenTask {
+    type Output = Result<Vec<crate::unseen::WordingAp>>;
+    fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let header = Checkpoint::read(&self.checkpoint)?.header;
+        let kind = AnyRecipe::preset(&header.recipe).map_err(|_| DetError::Checkpoint {
+            file: self.checkpoint.display().to_string(),
+            why: format!(
+                "made by recipe `{}`, which this build does not have",
+                header.recipe
+            ),
+        })?;
+        with_recipe!(&kind, r => unseen_with::<_, B>(r, &self.checkpoint, &device))
+    }
+}
+
+/// `detclip unseen`: a trained checkpoint of any recipe whose evaluation set is a synthetic
+/// world, scored with the world's names and with names made of unseen words
+/// ([`crate::unseen`]).
+pub fn unseen_command(checkpoint: &Path, device: &str) -> Result<Vec<crate::unseen::WordingAp>> {
+    let spec: DeviceSpec = device.parse()?;
+    Checkpoint::read(checkpoint)?;
+    run_on(
+        spec,
+        UnseenTask {
+            checkpoint: checkpoint.to_path_buf(),
+        },
+    )?
 }
 
 /// `detclip detect`. `boxes`: for a recipe that classifies given boxes (RegionSpot), the

@@ -10,6 +10,7 @@
 //!     [--devices cuda:0,cuda:1] [--precision f32|f16|bf16 [--no-master-weights]]
 //! detclip detect --checkpoint C --image PATH|DIR --prompt "cat. dog." [--threshold 0.3] [--out DIR]
 //!                [--boxes DETECTIONS.json [--min-box-score S]]   (regionspot: classify given boxes)
+//! detclip unseen --checkpoint C [--json FILE]
 //! detclip demo [--out DIR] [--device cpu] [--steps N] [--seed S] [--text-model DIR]
 //! detclip import --recipe NAME --checkpoint OFFICIAL [--checkpoint …] [--config FILE] --out DIR
 //! detclip regionspot cache [--config FILE | --checkpoint C] --out DIR [--device auto]
@@ -75,6 +76,11 @@ enum Command {
         /// A data block as JSON (sources, eval, size_divisor) that replaces the config's.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// A Hugging Face text model folder as the language side (shapes: a frozen
+        /// sentence-transformers encoder; glip: BERT weights to start from), e.g.
+        /// ../shared/models/all-MiniLM-L6-v2.
+        #[arg(long)]
+        text_model: Option<PathBuf>,
         /// cpu | ndarray | wgpu[:N] | cuda[:N] | auto
         #[arg(long, default_value = "auto")]
         device: String,
@@ -125,6 +131,19 @@ enum Command {
         /// With --boxes: use only boxes scored at least this.
         #[arg(long, default_value_t = 0.0, requires = "boxes")]
         min_box_score: f32,
+    },
+    /// Score a trained checkpoint on its synthetic evaluation set with the world's names and
+    /// with names made of words no training data had (near-synonyms).
+    Unseen {
+        /// A checkpoint written by `detclip train` (or `demo`).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// cpu | ndarray | wgpu[:N] | cuda[:N] | auto
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Also write the table as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Turn an official checkpoint into a run folder (config.json, checkpoint.bin at step 0).
     Import {
@@ -430,18 +449,58 @@ fn print_ap(what: &str, s: &detclip_core::eval::CocoStats) {
     );
 }
 
+fn print_unseen(table: &[detclip_train::unseen::WordingAp]) {
+    println!("prompts with unseen words (COCO AP, AP50; all / seen / held-out concepts):");
+    for w in table {
+        let h = w.report.held_out.map_or(f64::NAN, |h| h.AP);
+        println!(
+            "  {:<16} e.g. {:<20} AP {:.3} / {:.3} / {:.3}  AP50 {:.3}",
+            w.wording,
+            format!("\"{}\"", w.example),
+            w.report.all.AP,
+            w.report.seen.AP,
+            h,
+            w.report.all.AP50
+        );
+    }
+}
+
+fn run_unseen(checkpoint: PathBuf, device: &str, json: Option<PathBuf>) -> ExitCode {
+    match commands::unseen_command(&checkpoint, device) {
+        Ok(table) => {
+            print_unseen(&table);
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&table).expect("a report serialises");
+                if let Err(e) = detclip_train::learner::write_atomic(&path, text.as_bytes()) {
+                    return fail("unseen", e);
+                }
+                println!("written to {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("unseen", e),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_train(
     recipe: &str,
     config: Option<PathBuf>,
     data: Option<PathBuf>,
+    text_model: Option<PathBuf>,
     device: &str,
     options: RunOptions,
     precision: &str,
 ) -> ExitCode {
-    let recipe = AnyRecipe::load(recipe, config.as_deref()).and_then(|r| match &data {
-        Some(path) => r.with_data(detclip_train::recipe::read_data_config(path)?),
-        None => Ok(r),
-    });
+    let recipe = AnyRecipe::load(recipe, config.as_deref())
+        .and_then(|r| match &data {
+            Some(path) => r.with_data(detclip_train::recipe::read_data_config(path)?),
+            None => Ok(r),
+        })
+        .and_then(|r| match &text_model {
+            Some(dir) => r.with_text_model(dir),
+            None => Ok(r),
+        });
     let recipe = match recipe {
         Ok(r) => r,
         Err(e) => return fail("train", e),
@@ -503,19 +562,7 @@ fn run_demo(out: PathBuf, device: &str, options: commands::DemoOptions) -> ExitC
                 }
             }
             println!("held-out concepts: {}", r.held_out.join(", "));
-            println!("prompts with unseen words (COCO AP, AP50; all / seen / held-out concepts):");
-            for w in &r.unseen {
-                let h = w.report.held_out.map_or(f64::NAN, |h| h.AP);
-                println!(
-                    "  {:<16} e.g. {:<20} AP {:.3} / {:.3} / {:.3}  AP50 {:.3}",
-                    w.wording,
-                    format!("\"{}\"", w.example),
-                    w.report.all.AP,
-                    w.report.seen.AP,
-                    h,
-                    w.report.all.AP50
-                );
-            }
+            print_unseen(&r.unseen);
             if let Some(p) = r.unseen_pictures.first().and_then(|p| p.parent()) {
                 println!("detections of unseen-word prompts: {}", p.display());
             }
@@ -535,6 +582,7 @@ fn main() -> ExitCode {
             recipe,
             config,
             data,
+            text_model,
             device,
             out,
             resume,
@@ -549,6 +597,7 @@ fn main() -> ExitCode {
                 &recipe,
                 config,
                 data,
+                text_model,
                 devices.as_deref().unwrap_or(&device),
                 options,
                 &precision,
@@ -585,6 +634,11 @@ fn main() -> ExitCode {
             }
             Err(e) => fail("detect", e),
         },
+        Command::Unseen {
+            checkpoint,
+            device,
+            json,
+        } => run_unseen(checkpoint, &device, json),
         Command::Demo {
             out,
             device,

@@ -71,3 +71,41 @@ backend_test! {
         assert!(e.to_string().contains("/nonexistent/minilm"), "{e}");
     }
 }
+
+backend_test! {
+    fn glip_starts_its_bert_from_a_hugging_face_folder<B>(device) {
+        use burn::prelude::*;
+        use detclip_train::recipes::GlipRecipe;
+        // The sizes must be the folder's: a recipe that only names the folder is refused.
+        let mut bare = GlipRecipe::tiny();
+        bare.text.model = Some(tiny_folder());
+        let e = bare.validate().unwrap_err().to_string();
+        assert!(e.contains("text.model") && e.contains("with_text_model"), "{e}");
+        let mut recipe = GlipRecipe::tiny().with_text_model(&tiny_folder(), 0.1).unwrap();
+        recipe.learner.steps = 3;
+        recipe.learner.checkpoint_every = 0;
+        recipe.data.eval = None;
+        recipe.validate().unwrap();
+        assert_eq!(recipe.model.bert.hidden_size, 32);
+        assert_eq!(recipe.learner.optim.lr_mult.language, 0.1);
+        // prepare() puts the folder's weights into the language side.
+        let built = {
+            let _g = init_lock();
+            recipe.build::<B>(device).unwrap()
+        };
+        let prepared = recipe.prepare(built, device).unwrap();
+        let reference = detclip_models::hf::load_bert::<B>(&tiny_folder(), None, false, device).unwrap();
+        let got = prepared.glip.language.embeddings.word_embeddings.weight.val();
+        let want = reference.model.embeddings.word_embeddings.weight.val();
+        assert_eq!(got.into_data().to_vec::<f32>().unwrap(), want.into_data().to_vec::<f32>().unwrap());
+        // Prompts are tokenised by the folder's tokenizer.
+        let cx = recipe.context().unwrap();
+        assert_eq!(cx.test.vocab_size(), 22);
+        let out = scratch("glip-text-model");
+        let run = {
+            let _g = init_lock();
+            train::<_, B>(&recipe, device, &quiet(&out)).unwrap()
+        };
+        assert!(run.steps.iter().all(|s| s.loss.is_finite()));
+    }
+}

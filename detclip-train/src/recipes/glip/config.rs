@@ -1,12 +1,13 @@
 //! The `glip` recipe's configuration: its sections, presets and checks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use detclip_core::data::SourceKind;
 use detclip_core::data::synthetic::{Color, Shape};
 use detclip_core::{DetError, Result};
 use detclip_models::bert::BertConfig;
 use detclip_models::glip::{GlipBackboneConfig, GlipConfig, GlipLossConfig, GlipTestConfig};
+use detclip_models::hf::read_bert_config;
 use detclip_models::swin::SwinConfig;
 use detclip_models::tokenizer::{
     Overflow, TextTokenizer, TokenizerOptions, wordpiece_tokenizer, wordpiece_vocabulary,
@@ -32,6 +33,13 @@ pub struct GlipTextConfig {
     /// (GLIP-T: `bert-base-uncased`'s, 30,522 pieces); `extra_words` must then be empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<PathBuf>,
+    /// A Hugging Face BERT folder (e.g. `../shared/models/all-MiniLM-L6-v2`, or
+    /// `bert-base-uncased`) whose weights start the language side and whose `tokenizer.json`
+    /// tokenises the prompts; `model.bert` must have its sizes
+    /// ([`GlipRecipe::with_text_model`]). The fusion layers on top train from scratch, as GLIP
+    /// does over BERT-base. Exclusive with `tokenizer` and `extra_words`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
 }
 
 impl GlipTextConfig {
@@ -55,9 +63,10 @@ impl GlipTextConfig {
     /// An unreadable or malformed tokenizer file.
     pub fn tokenizer(&self, overflow: Overflow) -> Result<TextTokenizer> {
         let options = TokenizerOptions::new(self.max_tokens).with_overflow(overflow);
-        match &self.tokenizer {
-            Some(path) => TextTokenizer::from_file(path, options),
-            None => wordpiece_tokenizer(&self.words(), options),
+        match (&self.tokenizer, &self.model) {
+            (Some(path), _) => TextTokenizer::from_file(path, options),
+            (None, Some(dir)) => TextTokenizer::from_file(dir.join("tokenizer.json"), options),
+            (None, None) => wordpiece_tokenizer(&self.words(), options),
         }
     }
 }
@@ -150,6 +159,7 @@ impl GlipRecipe {
             max_names: 20,
             extra_words: Vec::new(),
             tokenizer: None,
+            model: None,
         };
         let swin = SwinConfig::new(16, [1, 1, 1, 1], [1, 2, 4, 4])
             .with_window_size(4)
@@ -208,6 +218,22 @@ impl GlipRecipe {
                 l
             },
         }
+    }
+
+    /// This recipe with a pretrained BERT from a Hugging Face folder as its language side:
+    /// `model.bert` takes the folder's sizes (without the pooler), prompts its tokenizer, and
+    /// the language group `lr_mult` (GLIP trains BERT at a tenth of the base rate: 1e-5
+    /// against 1e-4). The weights are loaded when a run starts ([`Recipe::prepare`](crate::recipe::Recipe::prepare)).
+    ///
+    /// # Errors
+    /// As [`read_bert_config`] for a folder that is not a BERT.
+    pub fn with_text_model(mut self, dir: &Path, lr_mult: f64) -> Result<Self> {
+        self.model.bert = read_bert_config(&dir.join("config.json"))?.with_with_pooler(false);
+        self.text.model = Some(dir.to_path_buf());
+        self.text.tokenizer = None;
+        self.text.extra_words.clear();
+        self.learner.optim.lr_mult.language = lr_mult;
+        Ok(self)
     }
 
     /// A tiny preset for tests: narrow layers, small images, a few dozen steps.
@@ -291,7 +317,38 @@ impl GlipRecipe {
                 bert.max_position_embeddings, self.text.max_tokens
             ));
         }
-        let pieces = match &self.text.tokenizer {
+        if let Some(dir) = &self.text.model {
+            if self.text.tokenizer.is_some() || !self.text.extra_words.is_empty() {
+                return bad(
+                    "text.model brings its own tokenizer: leave text.tokenizer and \
+                     text.extra_words unset"
+                        .into(),
+                );
+            }
+            let folder = read_bert_config(&dir.join("config.json"))?.with_with_pooler(false);
+            let sizes = |c: &BertConfig| {
+                (
+                    c.vocab_size,
+                    c.hidden_size,
+                    c.num_layers,
+                    c.num_heads,
+                    c.intermediate_size,
+                    c.max_position_embeddings,
+                    c.type_vocab_size,
+                )
+            };
+            if sizes(&folder) != sizes(bert) {
+                return bad(format!(
+                    "model.bert does not have the sizes of text.model {} (vocab, hidden, \
+                     layers, heads, intermediate, positions, token types: {:?} against the \
+                     folder's {:?}); build the recipe with GlipRecipe::with_text_model",
+                    dir.display(),
+                    sizes(bert),
+                    sizes(&folder)
+                ));
+            }
+        }
+        let pieces = match self.text.tokenizer.as_ref().or(self.text.model.as_ref()) {
             Some(path) => {
                 if !self.text.extra_words.is_empty() {
                     return bad(
@@ -304,7 +361,7 @@ impl GlipRecipe {
                 self.tokenizer(Overflow::Error)
                     .map_err(|e| DetError::InvalidOption {
                         op: "glip recipe",
-                        why: format!("text.tokenizer {}: {e}", path.display()),
+                        why: format!("text tokenizer {}: {e}", path.display()),
                     })?
                     .vocab_size()
             }

@@ -196,6 +196,19 @@ impl Recipe for GlipRecipe {
         Ok(model)
     }
 
+    /// With `text.model`, the folder's BERT weights into the language side (everything else
+    /// stays as built).
+    fn prepare<B: DetclipAutodiffBackend>(
+        &self,
+        mut model: GlipDetector<B>,
+        _device: &B::Device,
+    ) -> Result<GlipDetector<B>> {
+        if let Some(dir) = &self.text.model {
+            detclip_models::hf::load_bert_weights(&mut model.glip.language, dir)?;
+        }
+        Ok(model)
+    }
+
     fn param_group(path: &[String]) -> ParamGroup {
         let at = |i: usize| path.get(i).map(String::as_str);
         match (at(0), at(1)) {
