@@ -7,6 +7,7 @@ use detclip_core::DetError;
 
 use crate::attention::{multi_head_attention, padding_bias};
 use crate::import::KeyMap;
+use crate::layers::linear_rows;
 
 /// Sizes of a BERT encoder (the fields of HF's `BertConfig` that shape the weights).
 #[derive(Config, Debug)]
@@ -124,18 +125,19 @@ impl<B: Backend> BertLayer<B> {
     /// `[N, L, D]` hidden states and the additive attention bias `[N, 1, 1, L]` → `[N, L, D]`.
     pub fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let context = multi_head_attention(
-            self.query.forward(x.clone()),
-            self.key.forward(x.clone()),
-            self.value.forward(x.clone()),
+            linear_rows(&self.query, x.clone()),
+            linear_rows(&self.key, x.clone()),
+            linear_rows(&self.value, x.clone()),
             self.num_heads,
             Some(bias),
         );
         let x = self
             .attention_norm
-            .forward(self.attention_output.forward(context) + x);
-        let y = self
-            .output
-            .forward(gelu(self.intermediate.forward(x.clone())));
+            .forward(linear_rows(&self.attention_output, context) + x);
+        let y = linear_rows(
+            &self.output,
+            gelu(linear_rows(&self.intermediate, x.clone())),
+        );
         self.output_norm.forward(y + x)
     }
 }

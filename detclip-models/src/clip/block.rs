@@ -4,6 +4,7 @@ use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 
 use crate::attention::multi_head_attention;
+use crate::layers::linear_rows;
 
 /// Which official checkpoint layout a CLIP model's parameters follow.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -51,20 +52,24 @@ impl<B: Backend> ClipAttention<B> {
     /// `[N, L, D]` → `[N, L, D]`, with an optional additive bias `[*, *, L, L]` (causal mask).
     pub fn forward(&self, x: Tensor<B, 3>, bias: Option<Tensor<B, 4>>) -> Tensor<B, 3> {
         let (q, k, v) = self.qkv(x);
-        self.out_proj
-            .forward(multi_head_attention(q, k, v, self.num_heads, bias))
+        linear_rows(
+            &self.out_proj,
+            multi_head_attention(q, k, v, self.num_heads, bias),
+        )
     }
 
     fn qkv(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
         if let Some(fused) = &self.in_proj {
-            let mut parts = fused.forward(x).chunk(3, 2).into_iter();
+            let mut parts = linear_rows(fused, x).chunk(3, 2).into_iter();
             let mut next = || parts.next().expect("three chunks");
             return (next(), next(), next());
         }
         let project = |p: &Option<Linear<B>>| {
-            p.as_ref()
-                .expect("a CLIP attention has separate or fused projections")
-                .forward(x.clone())
+            linear_rows(
+                p.as_ref()
+                    .expect("a CLIP attention has separate or fused projections"),
+                x.clone(),
+            )
         };
         (
             project(&self.q_proj),
@@ -123,8 +128,8 @@ impl<B: Backend> ClipBlock<B> {
     /// `[N, L, D]` → `[N, L, D]`; `bias` as in [`ClipAttention::forward`].
     pub fn forward(&self, x: Tensor<B, 3>, bias: Option<Tensor<B, 4>>) -> Tensor<B, 3> {
         let x = x.clone() + self.attn.forward(self.norm1.forward(x), bias);
-        let h = self.fc1.forward(self.norm2.forward(x.clone()));
-        x + self.fc2.forward(quick_gelu(h))
+        let h = linear_rows(&self.fc1, self.norm2.forward(x.clone()));
+        x + linear_rows(&self.fc2, quick_gelu(h))
     }
 }
 
@@ -165,7 +170,7 @@ impl<B: Backend> Projection<B> {
     /// `[..., in]` → `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match (&self.linear, &self.matrix) {
-            (Some(linear), _) => linear.forward(x),
+            (Some(linear), _) => linear_rows(linear, x),
             (None, Some(m)) => {
                 // As rows `[…, in] · [in, out]`, so no backend has to broadcast a batch.
                 let dims = x.dims();

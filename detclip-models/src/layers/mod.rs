@@ -5,8 +5,10 @@ mod check;
 mod frozen_bn;
 mod normalize;
 mod pool;
+mod rows;
 
 pub use check::*;
 pub use frozen_bn::*;
 pub use normalize::*;
 pub use pool::*;
+pub use rows::*;

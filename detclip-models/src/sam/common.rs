@@ -1,6 +1,7 @@
 //! Layers shared by SAM's three parts (`segment_anything/modeling/common.py` and the decoder's
 //! `MLP`).
 
+use crate::layers::linear_rows;
 use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
@@ -97,7 +98,7 @@ impl<B: Backend> MlpBlock<B> {
     /// # Shapes
     /// - `x`: `[..., dim]` → `[..., dim]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.lin2.forward(self.act.apply(self.lin1.forward(x)))
+        linear_rows(&self.lin2, self.act.apply(linear_rows(&self.lin1, x)))
     }
 }
 
@@ -133,7 +134,7 @@ impl<B: Backend> Mlp<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let last = self.layers.len() - 1;
         self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
-            let y = layer.forward(x);
+            let y = linear_rows(layer, x);
             if i < last { relu(y) } else { y }
         })
     }

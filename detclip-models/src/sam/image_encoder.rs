@@ -2,6 +2,7 @@
 //! global attention in a few, decomposed relative positions (MViTv2), and a conv neck to
 //! `out_chans` (`segment_anything/modeling/image_encoder.py`).
 
+use crate::layers::linear_rows;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -295,9 +296,7 @@ impl<B: Backend> EncoderAttention<B> {
         let [n, h, w, c] = x.dims();
         let heads = self.num_heads;
         let hd = c / heads;
-        let qkv = self
-            .qkv
-            .forward(x)
+        let qkv = linear_rows(&self.qkv, x)
             .reshape([n, h * w, 3, heads, hd])
             .permute([2, 0, 3, 1, 4])
             .reshape([3, n * heads, h * w, hd]);
@@ -318,7 +317,7 @@ impl<B: Backend> EncoderAttention<B> {
             .reshape([n, heads, h, w, hd])
             .permute([0, 2, 3, 1, 4])
             .reshape([n, h, w, c]);
-        self.proj.forward(out)
+        linear_rows(&self.proj, out)
     }
 }
 

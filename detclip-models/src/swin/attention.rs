@@ -1,3 +1,4 @@
+use crate::layers::linear_rows;
 use burn::module::Param;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
@@ -47,9 +48,7 @@ impl<B: Backend> WindowAttention<B> {
     ) -> Tensor<B, 3> {
         let [bw, n, c] = x.dims();
         let (h, d) = (self.heads, c / self.heads);
-        let qkv = self
-            .qkv
-            .forward(x)
+        let qkv = linear_rows(&self.qkv, x)
             .reshape([bw, n, 3, h, d])
             .permute([2, 0, 3, 1, 4]);
         let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([bw, h, n, d]);
@@ -74,7 +73,7 @@ impl<B: Backend> WindowAttention<B> {
             .matmul(v)
             .swap_dims(1, 2)
             .reshape([bw, n, c]);
-        self.proj.forward(out)
+        linear_rows(&self.proj, out)
     }
 }
 

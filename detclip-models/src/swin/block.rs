@@ -1,3 +1,4 @@
+use crate::layers::linear_rows;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
@@ -72,10 +73,10 @@ impl<B: Backend> SwinBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>, ctx: &WindowContext<B>) -> Tensor<B, 4> {
         let attn = self.attend(self.norm1.forward(x.clone()), ctx);
         let x = x + drop_path(attn, self.drop_path);
-        let mlp = self
-            .mlp
-            .fc2
-            .forward(gelu(self.mlp.fc1.forward(self.norm2.forward(x.clone()))));
+        let mlp = linear_rows(
+            &self.mlp.fc2,
+            gelu(linear_rows(&self.mlp.fc1, self.norm2.forward(x.clone()))),
+        );
         x.clone() + drop_path(mlp, self.drop_path)
     }
 

@@ -1,3 +1,4 @@
+use crate::layers::linear_rows;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
@@ -75,6 +76,6 @@ impl<B: Backend> PatchMerging<B> {
             .reshape([n, h2, 2, w2, 2, c])
             .permute([0, 1, 3, 4, 2, 5])
             .reshape([n, h2, w2, 4 * c]);
-        self.reduction.forward(self.norm.forward(x))
+        linear_rows(&self.reduction, self.norm.forward(x))
     }
 }
