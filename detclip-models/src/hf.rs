@@ -452,6 +452,9 @@ pub fn load_bert_weights<B: Backend>(bert: &mut Bert<B>, dir: &Path) -> Result<(
     Ok(())
 }
 
+/// Token ids, attention mask and token-type ids of a padded batch, each `[N, L]`.
+pub type PaddedBatch<B> = (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2, Int>);
+
 /// A batch of encodings padded to the longest with `pad_id`: `(ids, attention_mask,
 /// type_ids)`, each `[N, L]`.
 ///
@@ -461,7 +464,7 @@ pub fn pad_batch<B: Backend>(
     texts: &[TokenizedText],
     pad_id: u32,
     device: &B::Device,
-) -> Result<(Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2, Int>)> {
+) -> Result<PaddedBatch<B>> {
     let len = texts
         .iter()
         .map(|t| t.len())
@@ -750,10 +753,7 @@ impl<B: Backend> SentenceEncoder<B> {
     ///
     /// # Errors
     /// [`DetError::InvalidOption`] for an empty batch or an empty text.
-    pub fn tokenize(
-        &self,
-        texts: &[impl AsRef<str>],
-    ) -> Result<(Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2, Int>)> {
+    pub fn tokenize(&self, texts: &[impl AsRef<str>]) -> Result<PaddedBatch<B>> {
         let prepared: Vec<String> = texts
             .iter()
             .map(|t| {

@@ -185,6 +185,9 @@ fn edit_json(dir: &Path, file: &str, f: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
 }
 
+/// A change made to a copied folder.
+type Edit = Box<dyn FnOnce(&Path)>;
+
 fn bert_error<B: Backend>(tag: &str, edit: impl FnOnce(&Path), device: &B::Device) -> String {
     let dir = edited("hf_bert_tiny", tag, edit);
     let e = SentenceEncoder::<B>::load(&dir, device)
@@ -206,7 +209,7 @@ fn assert_names(tag: &str, message: &str, words: &[&str]) {
 
 backend_test! {
     fn bad_model_folders_are_refused_naming_the_file_and_field<B>(device) {
-        let cases: Vec<(&str, Box<dyn FnOnce(&Path)>, Vec<&str>)> = vec![
+        let cases: Vec<(&str, Edit, Vec<&str>)> = vec![
             ("no-config", Box::new(|d: &Path| std::fs::remove_file(d.join("config.json")).unwrap()), vec!["config.json", "no such file"]),
             ("roberta", Box::new(|d: &Path| edit_json(d, "config.json", |v| v["model_type"] = "roberta".into())), vec!["config.json", "model_type", "roberta"]),
             ("relative", Box::new(|d: &Path| edit_json(d, "config.json", |v| v["position_embedding_type"] = "relative_key".into())), vec!["config.json", "position_embedding_type", "relative_key"]),

@@ -278,8 +278,11 @@ pub fn sentence_dim(dir: &Path) -> Result<usize> {
 pub struct PretrainedText {
     dir: PathBuf,
     dim: usize,
-    inner: Mutex<(SentenceEncoder<NdArrayBackend>, HashMap<String, Vec<f32>>)>,
+    inner: Mutex<EncoderAndCache>,
 }
+
+/// The encoder and the embeddings it has computed, by name.
+type EncoderAndCache = (SentenceEncoder<NdArrayBackend>, HashMap<String, Vec<f32>>);
 
 impl PretrainedText {
     /// Loads the folder ([`SentenceEncoder::load`]) on the CPU.

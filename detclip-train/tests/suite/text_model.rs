@@ -74,7 +74,6 @@ backend_test! {
 
 backend_test! {
     fn glip_starts_its_bert_from_a_hugging_face_folder<B>(device) {
-        use burn::prelude::*;
         use detclip_train::recipes::GlipRecipe;
         // The sizes must be the folder's: a recipe that only names the folder is refused.
         let mut bare = GlipRecipe::tiny();
