@@ -138,6 +138,22 @@ impl AnyRecipe {
         }
     }
 
+    /// The preset of the recipe that wrote `checkpoint` (its header names it), for the
+    /// commands that take any recipe's checkpoint.
+    ///
+    /// # Errors
+    /// The checkpoint's read errors; [`DetError::Checkpoint`] for a recipe this build lacks.
+    pub fn of_checkpoint(checkpoint: &Path) -> Result<Self> {
+        let header = Checkpoint::read(checkpoint)?.header;
+        Self::preset(&header.recipe).map_err(|_| DetError::Checkpoint {
+            file: checkpoint.display().to_string(),
+            why: format!(
+                "made by recipe `{}`, which this build does not have",
+                header.recipe
+            ),
+        })
+    }
+
     /// This recipe with its data block replaced (`detclip train --data FILE`).
     pub fn with_data(self, data: crate::data::DataConfig) -> Result<Self> {
         Ok(with_recipe!(self, r => r.with_data(data)?.into()))
@@ -304,14 +320,7 @@ fn detect_with<R: Recipe, B: DetclipAutodiffBackend>(
 impl BackendTask for DetectTask {
     type Output = Result<DetectReport>;
     fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let header = Checkpoint::read(&self.checkpoint)?.header;
-        let kind = AnyRecipe::preset(&header.recipe).map_err(|_| DetError::Checkpoint {
-            file: self.checkpoint.display().to_string(),
-            why: format!(
-                "made by recipe `{}`, which this build does not have",
-                header.recipe
-            ),
-        })?;
+        let kind = AnyRecipe::of_checkpoint(&self.checkpoint)?;
         with_recipe!(&kind, r => detect_with::<_, B>(r, &self, &device))
     }
 }
@@ -355,14 +364,7 @@ fn unseen_with<R: Recipe, B: DetclipAutodiffBackend>(
 impl BackendTask for UnseenTask {
     type Output = Result<Vec<crate::unseen::WordingAp>>;
     fn run<B: DetclipAutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let header = Checkpoint::read(&self.checkpoint)?.header;
-        let kind = AnyRecipe::preset(&header.recipe).map_err(|_| DetError::Checkpoint {
-            file: self.checkpoint.display().to_string(),
-            why: format!(
-                "made by recipe `{}`, which this build does not have",
-                header.recipe
-            ),
-        })?;
+        let kind = AnyRecipe::of_checkpoint(&self.checkpoint)?;
         with_recipe!(&kind, r => unseen_with::<_, B>(r, &self.checkpoint, &device))
     }
 }
