@@ -154,6 +154,62 @@ impl AnyRecipe {
         })
     }
 
+    /// The recipe `detclip import` builds: `--config`'s, or the recipe's preset; for `glip`
+    /// with `--text-model BERT_DIR` the released GLIP ([`GlipRecipe::released`]), or the one
+    /// that GLIP's official yaml files describe (`--official-config`, merged in order, then
+    /// `--official-set KEY=VALUE`; [`GlipRecipe::from_official`]); for `regionspot` with
+    /// `--text-model CLIP_DIR` the released RegionSpot of that CLIP
+    /// ([`RegionSpotRecipe::released_from_clip_folder`]).
+    ///
+    /// # Errors
+    /// Options that do not go together (an official yaml with `--config`, or without the
+    /// BERT folder, or for a recipe that has none); the files' errors.
+    pub fn for_import(
+        name: &str,
+        config: Option<&Path>,
+        official: &[PathBuf],
+        overrides: &[String],
+        text_model: Option<&Path>,
+    ) -> Result<Self> {
+        let refuse = |why: String| Err(DetError::InvalidOption { op: "import", why });
+        let official_given = !official.is_empty() || !overrides.is_empty();
+        if !overrides.is_empty() && official.is_empty() {
+            return refuse(
+                "--official-set overrides keys of an --official-config file; give the file".into(),
+            );
+        }
+        match (name, config, text_model) {
+            (_, Some(_), _) if official_given || text_model.is_some() => refuse(
+                "--config is a recipe config of ours with every size in it; --official-config \
+                 and --text-model build one instead (give one or the other)"
+                    .into(),
+            ),
+            ("glip", None, Some(dir)) if official_given => {
+                Ok(GlipRecipe::from_official(official, overrides, dir)?.into())
+            }
+            ("glip", None, Some(dir)) => {
+                let r = GlipRecipe::released(dir)?;
+                r.validate()?;
+                Ok(r.into())
+            }
+            ("regionspot", None, Some(dir)) if !official_given => {
+                let r = RegionSpotRecipe::released_from_clip_folder(dir)?;
+                r.validate()?;
+                Ok(r.into())
+            }
+            ("glip", None, None) if official_given => refuse(
+                "an official GLIP config needs the BERT it names: pass --text-model with the \
+                 Hugging Face bert-base-uncased folder (config.json, tokenizer.json)"
+                    .into(),
+            ),
+            (other, _, _) if official_given || text_model.is_some() => refuse(format!(
+                "--official-config is read for recipe `glip` and --text-model for `glip` and \
+                 `regionspot`; not for `{other}` (or not together)"
+            )),
+            _ => Self::load(name, config),
+        }
+    }
+
     /// This recipe with its data block replaced (`detclip train --data FILE`).
     pub fn with_data(self, data: crate::data::DataConfig) -> Result<Self> {
         Ok(with_recipe!(self, r => r.with_data(data)?.into()))

@@ -28,7 +28,7 @@ pub use pairs::{image_text_sample, read_coco_captions, read_pairs};
 pub use phrases::{noun_phrase_texts, noun_phrases};
 pub use prompt::{
     NegativeSampling, Prompt, PromptEntry, PromptFormat, TrainingPrompt, chunk_prompts,
-    detection_prompt, token_range, training_prompt,
+    detection_prompt, fixed_chunk_prompts, glip_clean_name, token_range, training_prompt,
 };
 pub use report::{Dataset, ImageCheck, OnError, ReadOptions, ReadReport};
 pub use resample::{ResampleFilter, resize_like_pil};

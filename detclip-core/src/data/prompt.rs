@@ -130,6 +130,45 @@ pub fn chunk_prompts(
     Ok(chunks)
 }
 
+/// Splits a vocabulary into prompts of `per_chunk` names each, in order (the last may hold
+/// fewer): GLIP's chunked evaluation (`TEST.CHUNKED_EVALUATION`, `chunks` in
+/// `engine/inference.py`), which does not look at the prompt's length.
+///
+/// # Errors
+/// [`DetError::InvalidOption`] when `per_chunk` is 0.
+pub fn fixed_chunk_prompts(
+    names: &[impl AsRef<str>],
+    format: &PromptFormat,
+    per_chunk: usize,
+) -> Result<Vec<Prompt>> {
+    if per_chunk == 0 {
+        return Err(DetError::InvalidOption {
+            op: "fixed_chunk_prompts",
+            why: "a chunk must hold at least one name".into(),
+        });
+    }
+    let order: Vec<usize> = (0..names.len()).collect();
+    Ok(order
+        .chunks(per_chunk)
+        .map(|c| build(names, c, format))
+        .collect())
+}
+
+/// GLIP's `clean_name` (`engine/inference.py`), applied to class names before they enter an
+/// evaluation prompt: the text from the first `(` to the last `)` removed (`\(.*\)`), `_`
+/// read as a space, then each pair of spaces made one (one left-to-right pass, as `re.sub`):
+/// `bow_(weapon)` → `bow `, `aerosol_can` → `aerosol can`.
+pub fn glip_clean_name(name: &str) -> String {
+    let mut s = name.to_string();
+    if let Some(open) = s.find('(')
+        && let Some(close) = s.rfind(')')
+        && close > open
+    {
+        s.replace_range(open..=close, "");
+    }
+    s.replace('_', " ").replace("  ", " ")
+}
+
 /// The tokens a span covers: the range from the first to the last token whose offsets
 /// overlap it. `offsets[t]` is token `t`'s `(start, end)` in the same units as the span;
 /// special tokens with an empty range (`(0, 0)`) never match. `None` if no token overlaps.

@@ -107,7 +107,9 @@ pub struct Category {
 
 impl Category {
     /// The concept name used in prompts: the file's name with `_` read as a space
-    /// (`aerosol_can` → `aerosol can`, `bow_(weapon)` → `bow (weapon)`), as GLIP does for LVIS.
+    /// (`aerosol_can` → `aerosol can`, `bow_(weapon)` → `bow (weapon)`). GLIP's official
+    /// evaluation also drops the parenthesised part ([`glip_clean_name`](super::glip_clean_name):
+    /// `bow `), which its recipe applies when its prompt rule says so.
     pub fn concept_name(&self) -> String {
         self.name.replace('_', " ")
     }

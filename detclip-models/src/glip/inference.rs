@@ -14,13 +14,12 @@ use std::collections::BTreeMap;
 
 use detclip_core::DetError;
 use detclip_core::Result as DetResult;
-use detclip_core::data::prompt::PromptFormat;
 use detclip_core::data::{Normalize, TestTransform};
 use detclip_core::ext::DetclipOps;
 use detclip_core::ops::{batched_nms_slice_with, top_k_slice};
 use serde::{Deserialize, Serialize};
 
-use super::{GlipDetector, GlipGeometry, GlipOutput, described_prompts, phrase_tokens};
+use super::{GlipDetector, GlipGeometry, GlipOutput, GlipPromptConfig, phrase_tokens};
 pub use crate::dense::Detections;
 use crate::dense::check_test_limits;
 use crate::tokenizer::{TextTokenizer, TokenizedText, batch_tensors};
@@ -51,9 +50,13 @@ pub struct GlipTestConfig {
     /// Detections kept per image (`MODEL.ATSS.DETECTIONS_PER_IMG`, 100).
     pub max_detections: usize,
     /// Descriptions of classes, written into the prompt as `"name, description"`
-    /// ([`described_prompts`]).
+    /// ([`described_prompts`](super::described_prompts)).
     #[serde(default)]
     pub descriptions: BTreeMap<String, String>,
+    /// How the vocabulary becomes prompts (default: `"a. b. c."` filled to the token budget;
+    /// [`GlipPromptConfig::official`] for the released evaluation's).
+    #[serde(default)]
+    pub prompt: GlipPromptConfig,
 }
 
 impl Default for GlipTestConfig {
@@ -66,6 +69,7 @@ impl Default for GlipTestConfig {
             nms_iou: 0.6,
             max_detections: 100,
             descriptions: BTreeMap::new(),
+            prompt: GlipPromptConfig::default(),
         }
     }
 }
@@ -104,7 +108,7 @@ impl GlipTestConfig {
                 ),
             });
         }
-        Ok(())
+        self.prompt.validate()
     }
 }
 
@@ -287,17 +291,13 @@ impl<B: DetclipOps> GlipDetector<B> {
         threshold: f32,
     ) -> DetResult<Vec<Detections>> {
         let device = images.device();
-        let prompts = described_prompts(
-            vocabulary,
-            &test.descriptions,
-            &PromptFormat::default(),
-            max_tokens,
-            |t| {
+        let prompts = test
+            .prompt
+            .prompts(vocabulary, &test.descriptions, max_tokens, |t| {
                 tokenizer.encode(t).map_or(usize::MAX, |e| {
                     e.attention_mask.iter().filter(|&&m| m == 1).count()
                 })
-            },
-        )?;
+            })?;
         let encoded =
             tokenizer.encode_batch(&prompts.iter().map(|p| p.text.as_str()).collect::<Vec<_>>())?;
         let phrases: Vec<Vec<PhraseTokens>> = prompts

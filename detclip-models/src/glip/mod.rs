@@ -13,7 +13,8 @@
 //! - [`glip_detect`]: phrase scores, decoding, NMS; [`GlipDetector::detect_vocabulary`]: a
 //!   vocabulary of any size in prompt chunks, as the released evaluation runs it;
 //! - [`glip_keys`]: the released checkpoint layout;
-//! - [`described_prompts`]: prompts whose classes carry descriptions (`"name, description"`).
+//! - [`described_prompts`]: prompts whose classes carry descriptions (`"name, description"`);
+//!   [`GlipPromptConfig`]: this project's prompt rule or the released evaluation's.
 //!
 //! Parity against `scripts/fixtures/glip.py`: see `book/src/glip.md`.
 

@@ -157,6 +157,20 @@ enum Command {
         /// The recipe's config with the checkpoint's sizes (default: the recipe's preset).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// glip: the official yacs config the checkpoint was trained with (e.g.
+        /// glip_Swin_T_O365_GoldG.yaml); repeat to merge several in order (a task config
+        /// after the model's). Needs --text-model.
+        #[arg(long)]
+        official_config: Vec<PathBuf>,
+        /// glip: KEY=VALUE over the official config, as the official tools take them
+        /// (TEST.CHUNKED_EVALUATION=40); repeat for several.
+        #[arg(long)]
+        official_set: Vec<String>,
+        /// glip: the Hugging Face bert-base-uncased folder (config.json, tokenizer.json);
+        /// alone, it imports the released GLIP-T. regionspot: the CLIP folder
+        /// (openai/clip-vit-base-patch16 for RegionSpot-BB), for its sizes and tokenizer.
+        #[arg(long)]
+        text_model: Option<PathBuf>,
         /// The run folder to create.
         #[arg(long)]
         out: PathBuf,
@@ -687,11 +701,20 @@ fn main() -> ExitCode {
             recipe,
             checkpoint,
             config,
+            official_config,
+            official_set,
+            text_model,
             out,
             device,
         } => {
-            let imported = AnyRecipe::load(&recipe, config.as_deref())
-                .and_then(|r| commands::import_command(r, checkpoint, &out, &device));
+            let imported = AnyRecipe::for_import(
+                &recipe,
+                config.as_deref(),
+                &official_config,
+                &official_set,
+                text_model.as_deref(),
+            )
+            .and_then(|r| commands::import_command(r, checkpoint, &out, &device));
             match imported {
                 Ok(path) => {
                     println!("imported into {}", path.display());

@@ -14,6 +14,7 @@ mod detclipv2;
 mod eval_cli;
 mod eval_set;
 mod glip;
+mod official_config;
 mod import_official;
 mod learner;
 mod mask;

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use detclip_core::data::{
     Concept, ImageSource, Instance, NegativeSampling, Prompt, PromptFormat, Sample, Span,
-    chunk_prompts, detection_prompt, read_vocabulary, token_range, training_prompt,
+    chunk_prompts, detection_prompt, fixed_chunk_prompts, glip_clean_name, read_vocabulary,
+    token_range, training_prompt,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -85,6 +86,44 @@ fn chunks_fit_the_budget_and_cover_every_name_once() {
     }
     let err = chunk_prompts(&["a very long name"], &PromptFormat::default(), 5, str::len);
     assert!(err.is_err(), "a name over the budget is an error");
+}
+
+/// GLIP's official evaluation prompts (`create_queries_and_maps_from_dataset` with
+/// `TEST.CHUNKED_EVALUATION 2` and `SEPARATION_TOKENS ". "`): names cleaned by `clean_name`,
+/// chunks of a fixed number of names, no separator after the last; expected strings from
+/// Python's `re` on the same names.
+#[test]
+fn official_glip_chunks_and_clean_names() {
+    for (raw, clean) in [
+        ("bow_(weapon)", "bow "),
+        ("aerosol_can", "aerosol can"),
+        ("a___b", "a  b"),
+        ("a____b", "a  b"),
+        ("x(y)z(w)v", "xv"),
+        ("a) b (c", "a) b (c"),
+        ("a (b) c", "a c"),
+        ("plain", "plain"),
+    ] {
+        assert_eq!(glip_clean_name(raw), clean, "{raw}");
+    }
+    let names: Vec<String> = ["bow_(weapon)", "aerosol_can", "dog", "alarm_clock", "cat"]
+        .iter()
+        .map(|n| glip_clean_name(n))
+        .collect();
+    let format = PromptFormat {
+        separator: ". ".into(),
+        end: String::new(),
+    };
+    let chunks = fixed_chunk_prompts(&names, &format, 2).unwrap();
+    let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(texts, ["bow . aerosol can", "dog. alarm clock", "cat"]);
+    assert_eq!(names_of(&chunks[0]), ["bow ", "aerosol can"]);
+    let sources: Vec<usize> = chunks
+        .iter()
+        .flat_map(|c| c.entries.iter().map(|e| e.source))
+        .collect();
+    assert_eq!(sources, [0, 1, 2, 3, 4]);
+    assert!(fixed_chunk_prompts(&names, &format, 0).is_err());
 }
 
 #[test]

@@ -6,7 +6,9 @@ use detclip_core::data::SourceKind;
 use detclip_core::data::synthetic::{Color, Shape};
 use detclip_core::{DetError, Result};
 use detclip_models::bert::BertConfig;
-use detclip_models::glip::{GlipBackboneConfig, GlipConfig, GlipLossConfig, GlipTestConfig};
+use detclip_models::glip::{
+    GlipBackboneConfig, GlipConfig, GlipLossConfig, GlipPromptConfig, GlipTestConfig,
+};
 use detclip_models::hf::read_bert_config;
 use detclip_models::swin::SwinConfig;
 use detclip_models::tokenizer::{
@@ -234,6 +236,49 @@ impl GlipRecipe {
         self.text.extra_words.clear();
         self.learner.optim.lr_mult.language = lr_mult;
         Ok(self)
+    }
+
+    /// A released GLIP as the official code runs it, for `detclip import` of a released
+    /// checkpoint with no official configuration: GLIP-T ([`GlipConfig::glip_t`]) over the
+    /// BERT of the Hugging Face folder `text_model` (`bert-base-uncased`: its sizes without the
+    /// pooler, its `tokenizer.json`), 256-token prompts, the released test settings (800/1333,
+    /// top 1000, NMS 0.6, 100 detections) and the official evaluation's prompts (`". "`
+    /// between cleaned names, nothing after the last). Training settings are the synthetic
+    /// preset's, with BERT at a tenth of the base rate (`SOLVER.LANG_LR`).
+    ///
+    /// # Errors
+    /// As [`GlipRecipe::with_text_model`].
+    pub fn released(text_model: &Path) -> Result<Self> {
+        let mut r = Self::synthetic();
+        r.model = GlipConfig::glip_t();
+        let mut r = r.with_text_model(text_model, 0.1)?;
+        r.text.max_tokens = 256;
+        r.text.max_names = 85;
+        r.test = GlipTestConfig {
+            prompt: GlipPromptConfig::official(". ", None),
+            ..GlipTestConfig::default()
+        };
+        r.data.size_divisor = 32;
+        Ok(r)
+    }
+
+    /// The recipe that GLIP's official configuration files describe (merged in order, then
+    /// the `KEY=VALUE` overrides; [`OfficialGlipConfig`](super::OfficialGlipConfig)), over
+    /// the BERT folder `text_model`: `detclip import --recipe glip --official-config FILE.yaml
+    /// --text-model BERT_DIR`.
+    ///
+    /// # Errors
+    /// An unreadable file, or the first key whose value is malformed or not reproduced here;
+    /// a recipe that does not validate.
+    pub fn from_official(
+        files: &[PathBuf],
+        overrides: &[String],
+        text_model: &Path,
+    ) -> Result<Self> {
+        let r = super::OfficialGlipConfig::read(files, overrides)?
+            .apply(Self::released(text_model)?)?;
+        r.check()?;
+        Ok(r)
     }
 
     /// A tiny preset for tests: narrow layers, small images, a few dozen steps.

@@ -34,8 +34,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 mod config;
+mod official;
 
 pub use config::{FineTune, GlipRecipe, GlipTextConfig, synthetic_words};
+pub use official::{OfficialGlipConfig, YacsValue};
 
 use crate::data::DataConfig;
 use crate::learner::LearnerConfig;

@@ -1,11 +1,16 @@
 //! The `regionspot` recipe's configuration: its sections, presets and checks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use detclip_core::data::SourceKind;
 use detclip_core::data::synthetic::{Split, World, WorldConfig};
 use detclip_core::{DetError, Result};
-use detclip_models::regionspot::{PROMPT_TEMPLATES, RegionSpotConfig, SmallRegionSpot};
+use detclip_models::clip::ClipLayout;
+use detclip_models::hf::read_clip_config;
+use detclip_models::regionspot::{
+    PROMPT_TEMPLATES, RegionSpotConfig, RegionSpotHeadConfig, SmallRegionSpot,
+};
+use detclip_models::sam::SamConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, DatasetConfig, SourceConfig, SyntheticConfig};
@@ -253,6 +258,40 @@ impl RegionSpotRecipe {
             scores: RegionSpotScores::Softmax,
         };
         r
+    }
+
+    /// The released RegionSpot whose CLIP is the one of the Hugging Face folder `clip_dir`
+    /// (`openai/clip-vit-base-patch16` for `regionspot_bb.pth`, `openai/clip-vit-large-patch14`
+    /// for `regionspot_bl.pth`): SAM ViT-B, CLIP of the folder's sizes in OpenAI's layout (the
+    /// official checkpoint's), the module's widths from CLIP's (`clip_dim` its image width,
+    /// `text_dim` its embedding), CLIP's input its image size, and the folder's BPE
+    /// `tokenizer.json`; otherwise as [`RegionSpotRecipe::released`]. `detclip import --recipe
+    /// regionspot --text-model CLIP_DIR`.
+    ///
+    /// # Errors
+    /// As [`read_clip_config`]; a text-only CLIP folder (no image tower to size).
+    pub fn released_from_clip_folder(clip_dir: &Path) -> Result<Self> {
+        let hf = read_clip_config(&clip_dir.join("config.json"))?;
+        if !hf.has_vision {
+            return Err(DetError::InvalidOption {
+                op: "regionspot recipe",
+                why: format!(
+                    "{} holds a CLIP text tower only; RegionSpot needs the whole CLIP's folder \
+                     (e.g. openai/clip-vit-base-patch16)",
+                    clip_dir.display()
+                ),
+            });
+        }
+        let mut clip = hf.config;
+        clip.vision.layout = ClipLayout::OpenAi;
+        clip.text.layout = ClipLayout::OpenAi;
+        let head = RegionSpotHeadConfig::new()
+            .with_clip_dim(clip.vision.width)
+            .with_text_dim(clip.text.embed_dim);
+        let clip_input = clip.vision.image_size;
+        let model =
+            RegionSpotConfig::new(SamConfig::vit_b(), clip, head).with_clip_input(clip_input);
+        Ok(Self::released(model, clip_dir.join("tokenizer.json")))
     }
 
     /// A tiny preset for tests: narrow encoders, a short teacher, a few dozen steps.
