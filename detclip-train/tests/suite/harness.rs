@@ -66,3 +66,57 @@ pub fn quiet(out: &std::path::Path) -> detclip_train::learner::RunOptions {
     o.evaluate = false;
     o
 }
+
+/// IoU of two xyxy boxes (continuous convention).
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let inter =
+        (a[2].min(b[2]) - a[0].max(b[0])).max(0.0) * (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let area = |x: [f32; 4]| (x[2] - x[0]) * (x[3] - x[1]);
+    inter / (area(a) + area(b) - inter)
+}
+
+/// How many of a reference's detections ours match, and how closely.
+#[derive(Debug, Clone, Copy)]
+pub struct Matched {
+    /// Reference detections with a match.
+    pub count: usize,
+    /// The lowest IoU of a match.
+    pub worst_iou: f32,
+    /// The largest |score difference| of a match.
+    pub worst_score: f32,
+}
+
+/// Greedy matching in the reference's order (descending score): each reference detection
+/// (`boxes[k]`, `scores[k]`, `labels[k]`) takes the unused one of `ours` with the same label
+/// (`label_of(our vocabulary index)`) and the best IoU, when that IoU is ≥ 0.999 and the
+/// scores differ by ≤ 1e-3.
+pub fn match_reference(
+    ours: &[detclip_train::recipe::Detected],
+    boxes: &[[f32; 4]],
+    scores: &[f32],
+    labels: &[u64],
+    label_of: impl Fn(usize) -> u64,
+) -> Matched {
+    let mut used = vec![false; ours.len()];
+    let mut m = Matched {
+        count: 0,
+        worst_iou: 1.0,
+        worst_score: 0.0,
+    };
+    for k in 0..boxes.len() {
+        let best = (0..ours.len())
+            .filter(|&j| !used[j] && label_of(ours[j].label) == labels[k])
+            .max_by(|&a, &b| iou(ours[a].bbox, boxes[k]).total_cmp(&iou(ours[b].bbox, boxes[k])));
+        if let Some(j) = best {
+            let v = iou(ours[j].bbox, boxes[k]);
+            let d = (ours[j].score - scores[k]).abs();
+            if v >= 0.999 && d <= 1e-3 {
+                used[j] = true;
+                m.count += 1;
+                m.worst_iou = m.worst_iou.min(v);
+                m.worst_score = m.worst_score.max(d);
+            }
+        }
+    }
+    m
+}

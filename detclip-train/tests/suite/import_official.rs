@@ -15,7 +15,9 @@ use detclip_train::learner::{Checkpoint, RunFiles, RunOptions, load_trained, tra
 use detclip_train::recipe::Recipe;
 use detclip_train::recipes::{GlipRecipe, RegionSpotRecipe, ShapesRecipe};
 
-use crate::harness::{init_lock, locked, materialised, max_abs_diff, scratch, to_vec};
+use crate::harness::{
+    init_lock, locked, match_reference, materialised, max_abs_diff, scratch, to_vec,
+};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -225,14 +227,6 @@ fn an_import_without_a_released_format_or_file_is_refused() {
     assert_eq!(std::fs::read(out.join("checkpoint.bin")).unwrap(), b"a run");
 }
 
-/// IoU of two xyxy boxes (continuous convention).
-fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let inter =
-        (a[2].min(b[2]) - a[0].max(b[0])).max(0.0) * (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let area = |x: [f32; 4]| (x[2] - x[0]) * (x[3] - x[1]);
-    inter / (area(a) + area(b) - inter)
-}
-
 backend_test! {
     /// The user's path against the official code, file in → detections out: the released
     /// layout (`glip_tiny_official.pth`, `GlipConfig::small()`'s sizes, a 64-piece BERT) is
@@ -270,24 +264,11 @@ backend_test! {
                 .map(|b| { let v: Vec<f32> = b.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(); [v[0], v[1], v[2], v[3]] })
                 .collect();
             let scores: Vec<f32> = img["scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-            let labels: Vec<usize> = img["labels"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize - 1).collect();
-            // Greedy matching by label and best IoU, in the official order (descending score).
-            let mut used = vec![false; dets.len()];
-            let mut here_matched = 0;
-            for k in 0..boxes.len() {
-                let best = (0..dets.len())
-                    .filter(|&j| !used[j] && dets[j].label == labels[k])
-                    .max_by(|&a, &b| iou(dets[a].bbox, boxes[k]).total_cmp(&iou(dets[b].bbox, boxes[k])));
-                if let Some(j) = best {
-                    let v = iou(dets[j].bbox, boxes[k]);
-                    if v >= 0.999 && (dets[j].score - scores[k]).abs() <= 1e-3 {
-                        used[j] = true;
-                        here_matched += 1;
-                        worst_iou = worst_iou.min(v);
-                        worst_score = worst_score.max((dets[j].score - scores[k]).abs());
-                    }
-                }
-            }
+            let labels: Vec<u64> = img["labels"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() - 1).collect();
+            let m = match_reference(&dets, &boxes, &scores, &labels, |l| l as u64);
+            let here_matched = m.count;
+            worst_iou = worst_iou.min(m.worst_iou);
+            worst_score = worst_score.max(m.worst_score);
             eprintln!("{file}: official {} detections, ours {}, matched {here_matched} (IoU >= 0.999, |score diff| <= 1e-3)", boxes.len(), dets.len());
             // Scores of this tiny random model crowd near 0.5075: the JPEG decoder (the
             // `image` crate's, not libjpeg-turbo) and float order move a few across the

@@ -13,7 +13,7 @@ use detclip_train::learner::load_trained;
 use detclip_train::recipe::Recipe;
 use detclip_train::recipes::GlipRecipe;
 
-use crate::harness::{locked, scratch};
+use crate::harness::{locked, match_reference, scratch};
 
 fn models_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -316,14 +316,6 @@ fn official_yaml_values_we_do_not_reproduce_are_refused_by_key() {
     );
 }
 
-/// IoU of two xyxy boxes (continuous convention).
-fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let inter =
-        (a[2].min(b[2]) - a[0].max(b[0])).max(0.0) * (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let area = |x: [f32; 4]| (x[2] - x[0]) * (x[3] - x[1]);
-    inter / (area(a) + area(b) - inter)
-}
-
 backend_test! {
     /// The official chunked evaluation, as GLIP evaluates LVIS, against microsoft/GLIP's own
     /// run (`glip_official_e2e.py --chunked`): the recipe read from the model's official yaml
@@ -386,22 +378,10 @@ backend_test! {
                 .collect();
             let scores: Vec<f32> = img["scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
             let labels: Vec<u64> = img["labels"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
-            let mut used = vec![false; dets.len()];
-            let mut here = 0;
-            for k in 0..boxes.len() {
-                let best = (0..dets.len())
-                    .filter(|&j| !used[j] && ids[dets[j].label] == labels[k])
-                    .max_by(|&a, &b| iou(dets[a].bbox, boxes[k]).total_cmp(&iou(dets[b].bbox, boxes[k])));
-                if let Some(j) = best {
-                    let v = iou(dets[j].bbox, boxes[k]);
-                    if v >= 0.999 && (dets[j].score - scores[k]).abs() <= 1e-3 {
-                        used[j] = true;
-                        here += 1;
-                        worst_iou = worst_iou.min(v);
-                        worst_score = worst_score.max((dets[j].score - scores[k]).abs());
-                    }
-                }
-            }
+            let m = match_reference(&dets, &boxes, &scores, &labels, |l| ids[l]);
+            let here = m.count;
+            worst_iou = worst_iou.min(m.worst_iou);
+            worst_score = worst_score.max(m.worst_score);
             // What is left unmatched sits at a chunk's 300-detection cut, where this random
             // model's scores crowd within 1e-4 of 0.5068 and the JPEG decoder's grey levels
             // reorder them (as in the photo test above).
