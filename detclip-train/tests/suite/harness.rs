@@ -86,17 +86,43 @@ pub struct Matched {
     pub worst_score: f32,
 }
 
-/// Greedy matching in the reference's order (descending score): each reference detection
-/// (`boxes[k]`, `scores[k]`, `labels[k]`) takes the unused one of `ours` with the same label
-/// (`label_of(our vocabulary index)`) and the best IoU, when that IoU is ≥ 0.999 and the
-/// scores differ by ≤ 1e-3.
+/// A COCO photo of the shared data as a sample (EXIF orientation applied).
+pub fn photo_sample(data: &std::path::Path, file: &str) -> detclip_core::data::Sample {
+    use detclip_core::data::{ImageSource, Orientation, Sample, image_size};
+    let path = data.join("images/coco2017").join(file);
+    let (w, h) = image_size(&path, Orientation::Apply).unwrap();
+    Sample::new(file, ImageSource::File(path), w, h)
+}
+
+/// Greedy matching in the reference's order (descending score): each detection of the
+/// reference's image record `img` (`boxes`, `scores`, `labels`) takes the unused one of `ours`
+/// with the same label (`label_of(our vocabulary index)`) and the best IoU, when that IoU is
+/// ≥ 0.999 and the scores differ by ≤ 1e-3. Returns the match and the reference's count.
 pub fn match_reference(
     ours: &[detclip_train::recipe::Detected],
-    boxes: &[[f32; 4]],
-    scores: &[f32],
-    labels: &[u64],
+    img: &serde_json::Value,
     label_of: impl Fn(usize) -> u64,
-) -> Matched {
+) -> (Matched, usize) {
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let boxes: Vec<Vec<f32>> = img["boxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(floats)
+        .collect();
+    let scores = floats(&img["scores"]);
+    let labels: Vec<u64> = img["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
     let mut used = vec![false; ours.len()];
     let mut m = Matched {
         count: 0,
@@ -104,11 +130,12 @@ pub fn match_reference(
         worst_score: 0.0,
     };
     for k in 0..boxes.len() {
+        let b = [boxes[k][0], boxes[k][1], boxes[k][2], boxes[k][3]];
         let best = (0..ours.len())
             .filter(|&j| !used[j] && label_of(ours[j].label) == labels[k])
-            .max_by(|&a, &b| iou(ours[a].bbox, boxes[k]).total_cmp(&iou(ours[b].bbox, boxes[k])));
+            .max_by(|&x, &y| iou(ours[x].bbox, b).total_cmp(&iou(ours[y].bbox, b)));
         if let Some(j) = best {
-            let v = iou(ours[j].bbox, boxes[k]);
+            let v = iou(ours[j].bbox, b);
             let d = (ours[j].score - scores[k]).abs();
             if v >= 0.999 && d <= 1e-3 {
                 used[j] = true;
@@ -118,5 +145,5 @@ pub fn match_reference(
             }
         }
     }
-    m
+    (m, boxes.len())
 }

@@ -16,7 +16,7 @@ use detclip_train::recipe::Recipe;
 use detclip_train::recipes::{GlipRecipe, RegionSpotRecipe, ShapesRecipe};
 
 use crate::harness::{
-    init_lock, locked, match_reference, materialised, max_abs_diff, scratch, to_vec,
+    init_lock, locked, match_reference, materialised, max_abs_diff, photo_sample, scratch, to_vec,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -256,27 +256,20 @@ backend_test! {
         let (mut worst_iou, mut worst_score, mut matched, mut total) = (1.0f32, 0.0f32, 0usize, 0usize);
         for img in want["images"].as_array().unwrap() {
             let file = img["file"].as_str().unwrap();
-            let path = data.join("images/coco2017").join(file);
-            let (w, h) = detclip_core::data::image_size(&path, detclip_core::data::Orientation::Apply).unwrap();
-            let sample = detclip_core::data::Sample::new(file, detclip_core::data::ImageSource::File(path), w, h);
+            let sample = photo_sample(&data, file);
             let dets = detclip_train::evaluate::predict(&recipe, &cx, &model, &[sample], &classes, 0.0, 1, device).unwrap().remove(0);
-            let boxes: Vec<[f32; 4]> = img["boxes"].as_array().unwrap().iter()
-                .map(|b| { let v: Vec<f32> = b.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(); [v[0], v[1], v[2], v[3]] })
-                .collect();
-            let scores: Vec<f32> = img["scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-            let labels: Vec<u64> = img["labels"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() - 1).collect();
-            let m = match_reference(&dets, &boxes, &scores, &labels, |l| l as u64);
+            let (m, official) = match_reference(&dets, img, |l| l as u64 + 1);
             let here_matched = m.count;
             worst_iou = worst_iou.min(m.worst_iou);
             worst_score = worst_score.max(m.worst_score);
-            eprintln!("{file}: official {} detections, ours {}, matched {here_matched} (IoU >= 0.999, |score diff| <= 1e-3)", boxes.len(), dets.len());
+            eprintln!("{file}: official {} detections, ours {}, matched {here_matched} (IoU >= 0.999, |score diff| <= 1e-3)", official, dets.len());
             // Scores of this tiny random model crowd near 0.5075: the JPEG decoder (the
             // `image` crate's, not libjpeg-turbo) and float order move a few across the
             // 100-detection cut.
-            assert!(here_matched * 100 >= boxes.len() * 95, "{file}: {here_matched} of {} matched", boxes.len());
-            assert!(dets.len().abs_diff(boxes.len()) <= 2, "{file}: {} detections, official {}", dets.len(), boxes.len());
+            assert!(here_matched * 100 >= official * 95, "{file}: {here_matched} of {} matched", official);
+            assert!(dets.len().abs_diff(official) <= 2, "{file}: {} detections, official {}", dets.len(), official);
             matched += here_matched;
-            total += boxes.len().max(dets.len());
+            total += official.max(dets.len());
         }
         assert!(matched * 100 >= total * 98, "{matched} of {total} matched");
         eprintln!("GLIP end to end vs official: {matched}/{total} matched; worst matched IoU {worst_iou:.6}, worst score diff {worst_score:.2e}");

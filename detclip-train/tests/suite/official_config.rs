@@ -13,7 +13,7 @@ use detclip_train::learner::load_trained;
 use detclip_train::recipe::Recipe;
 use detclip_train::recipes::GlipRecipe;
 
-use crate::harness::{locked, match_reference, scratch};
+use crate::harness::{locked, match_reference, photo_sample, scratch};
 
 fn models_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -369,26 +369,19 @@ backend_test! {
         let (mut worst_iou, mut worst_score, mut matched, mut total) = (1.0f32, 0.0f32, 0usize, 0usize);
         for img in want["images"].as_array().unwrap() {
             let file = img["file"].as_str().unwrap();
-            let path = data.join("images/coco2017").join(file);
-            let (w, h) = detclip_core::data::image_size(&path, detclip_core::data::Orientation::Apply).unwrap();
-            let sample = detclip_core::data::Sample::new(file, detclip_core::data::ImageSource::File(path), w, h);
+            let sample = photo_sample(&data, file);
             let dets = detclip_train::evaluate::predict(&recipe, &cx, &model, &[sample], &names, 0.0, 1, device).unwrap().remove(0);
-            let boxes: Vec<[f32; 4]> = img["boxes"].as_array().unwrap().iter()
-                .map(|b| { let v: Vec<f32> = b.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(); [v[0], v[1], v[2], v[3]] })
-                .collect();
-            let scores: Vec<f32> = img["scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-            let labels: Vec<u64> = img["labels"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
-            let m = match_reference(&dets, &boxes, &scores, &labels, |l| ids[l]);
+            let (m, official) = match_reference(&dets, img, |l| ids[l]);
             let here = m.count;
             worst_iou = worst_iou.min(m.worst_iou);
             worst_score = worst_score.max(m.worst_score);
             // What is left unmatched sits at a chunk's 300-detection cut, where this random
             // model's scores crowd within 1e-4 of 0.5068 and the JPEG decoder's grey levels
             // reorder them (as in the photo test above).
-            eprintln!("{file}: official {} detections over {} chunks, ours {}, matched {here}", boxes.len(), queries.len(), dets.len());
-            assert!(here * 100 >= boxes.len() * 95, "{file}: {here} of {} matched", boxes.len());
+            eprintln!("{file}: official {} detections over {} chunks, ours {}, matched {here}", official, queries.len(), dets.len());
+            assert!(here * 100 >= official * 95, "{file}: {here} of {} matched", official);
             matched += here;
-            total += boxes.len().max(dets.len());
+            total += official.max(dets.len());
         }
         assert!(matched * 100 >= total * 97, "{matched} of {total} matched");
         eprintln!("GLIP chunked evaluation vs official: {matched}/{total} matched; worst matched IoU {worst_iou:.6}, worst score diff {worst_score:.2e}");
