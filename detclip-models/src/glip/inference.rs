@@ -57,6 +57,15 @@ pub struct GlipTestConfig {
     /// [`GlipPromptConfig::official`] for the released evaluation's).
     #[serde(default)]
     pub prompt: GlipPromptConfig,
+    /// Most (image, prompt chunk) rows run through the fusion tower and head at once: a large
+    /// vocabulary (LVIS: 31 chunks) runs in groups of rows rather than as one batch, so memory
+    /// stays bounded. The detections do not depend on it (each row is post-processed alone).
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+}
+
+fn default_max_rows() -> usize {
+    8
 }
 
 impl Default for GlipTestConfig {
@@ -70,6 +79,7 @@ impl Default for GlipTestConfig {
             max_detections: 100,
             descriptions: BTreeMap::new(),
             prompt: GlipPromptConfig::default(),
+            max_rows: default_max_rows(),
         }
     }
 }
@@ -106,6 +116,12 @@ impl GlipTestConfig {
                     "candidate_threshold must be in [0, 1), got {}",
                     self.candidate_threshold
                 ),
+            });
+        }
+        if self.max_rows == 0 {
+            return Err(DetError::InvalidOption {
+                op: "glip test",
+                why: "max_rows must be positive".into(),
             });
         }
         self.prompt.validate()
@@ -267,9 +283,10 @@ pub fn glip_detect<B: Backend>(
 
 impl<B: DetclipOps> GlipDetector<B> {
     /// Detections of `vocabulary` on a batch of images, as the released chunked evaluation
-    /// runs them: the names (with their descriptions) split into prompts of at most
-    /// `max_tokens` tokens; every prompt chunk of every image a row of one batch, the image
-    /// side run once per image and its pyramid repeated for the chunks; the rows of one image
+    /// runs them: the names (with their descriptions) split into prompts by `test.prompt`
+    /// (each of at most `max_tokens` tokens); every prompt chunk of every image a row, run in
+    /// batches of at most `test.max_rows` rows, the image side run once per image and its
+    /// pyramid repeated for the chunks; the rows of one image
     /// post-processed one by one and concatenated ([`glip_detect`], boxes clipped to each
     /// image's unpadded `(height, width)`); detections scoring at least `threshold`.
     ///
@@ -313,36 +330,47 @@ impl<B: DetclipOps> GlipDetector<B> {
                     .collect()
             })
             .collect();
-        // Rows: every prompt chunk of every image, image-major.
+        // Rows: every prompt chunk of every image, image-major, run in groups of at most
+        // `max_rows`; the groups' detections are appended per image in row order.
         let n = image_sizes.len();
         let chunks = prompts.len();
-        let image_of_row: Vec<usize> = (0..n * chunks).map(|r| r / chunks).collect();
-        let rows: Vec<TokenizedText> = (0..n * chunks)
-            .map(|r| encoded[r % chunks].clone())
-            .collect();
-        let row_phrases: Vec<Vec<PhraseTokens>> = (0..n * chunks)
-            .map(|r| phrases[r % chunks].clone())
-            .collect();
-        let index: Vec<i64> = image_of_row.iter().map(|&i| i as i64).collect();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n * chunks]), &device);
-        let levels = self
-            .glip
-            .image_features(images)?
-            .into_iter()
-            .map(|l| l.select(0, index.clone()))
-            .collect();
-        let (ids, mask) = batch_tensors::<B>(&rows, &device)?;
-        let out = self
-            .glip
-            .forward_features(levels, ids, mask, Some(self.prompt.val()))?;
-        let dets = glip_detect(
-            &out,
-            &row_phrases,
-            &image_of_row,
-            image_sizes,
-            test,
-            geometry,
-        )?;
+        let rows = n * chunks;
+        let levels = self.glip.image_features(images)?;
+        let mut dets = vec![Detections::default(); n];
+        let mut start = 0;
+        while start < rows {
+            let end = (start + test.max_rows.max(1)).min(rows);
+            let image_of_row: Vec<usize> = (start..end).map(|r| r / chunks).collect();
+            let group: Vec<TokenizedText> =
+                (start..end).map(|r| encoded[r % chunks].clone()).collect();
+            let row_phrases: Vec<Vec<PhraseTokens>> =
+                (start..end).map(|r| phrases[r % chunks].clone()).collect();
+            let index: Vec<i64> = image_of_row.iter().map(|&i| i as i64).collect();
+            let index =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(index, [end - start]), &device);
+            let group_levels = levels
+                .iter()
+                .map(|l| l.clone().select(0, index.clone()))
+                .collect();
+            let (ids, mask) = batch_tensors::<B>(&group, &device)?;
+            let out =
+                self.glip
+                    .forward_features(group_levels, ids, mask, Some(self.prompt.val()))?;
+            let found = glip_detect(
+                &out,
+                &row_phrases,
+                &image_of_row,
+                image_sizes,
+                test,
+                geometry,
+            )?;
+            for (all, d) in dets.iter_mut().zip(found) {
+                all.boxes.extend(d.boxes);
+                all.scores.extend(d.scores);
+                all.classes.extend(d.classes);
+            }
+            start = end;
+        }
         Ok(dets
             .into_iter()
             .map(|d| {

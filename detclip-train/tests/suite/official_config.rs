@@ -372,6 +372,15 @@ backend_test! {
             let sample = photo_sample(&data, file);
             let dets = detclip_train::evaluate::predict(&recipe, &cx, &model, &[sample], &names, 0.0, 1, device).unwrap().remove(0);
             let (m, official) = match_reference(&dets, img, |l| ids[l]);
+            // The rows in groups of two (bounded memory) give the same detections.
+            let mut grouped = recipe.clone();
+            grouped.test.max_rows = 2;
+            let again = detclip_train::evaluate::predict(&grouped, &cx, &model, &[photo_sample(&data, file)], &names, 0.0, 1, device).unwrap().remove(0);
+            assert_eq!(
+                again.iter().map(|d| (d.label, d.score, d.bbox)).collect::<Vec<_>>(),
+                dets.iter().map(|d| (d.label, d.score, d.bbox)).collect::<Vec<_>>(),
+                "{file}: max_rows 2"
+            );
             let here = m.count;
             worst_iou = worst_iou.min(m.worst_iou);
             worst_score = worst_score.max(m.worst_score);
