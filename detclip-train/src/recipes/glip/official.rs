@@ -306,6 +306,16 @@ impl OfficialGlipConfig {
             .map_err(|_| self.bad(key, "expected four positive integers (one per Swin stage)"))
     }
 
+    /// The flag `key` (default `default`) must be `want`.
+    fn require_flag(&self, key: &str, default: bool, want: bool) -> Result<()> {
+        self.require(key, self.flag(key, default)?, want)
+    }
+
+    /// The string `key` (default `default`) must be `want`.
+    fn require_str(&self, key: &str, default: &str, want: &str) -> Result<()> {
+        self.require(key, self.string(key, default)?.as_str(), want)
+    }
+
     /// `key` must be `want` (the only value reproduced here).
     fn require<T: PartialEq + std::fmt::Debug>(&self, key: &str, got: T, want: T) -> Result<()> {
         if got == want {
@@ -328,28 +338,19 @@ impl OfficialGlipConfig {
     /// The first key whose value is malformed or not reproduced here, named with its value
     /// and the file that set it.
     pub fn apply(&self, mut recipe: GlipRecipe) -> Result<GlipRecipe> {
-        self.require(
+        self.require_str(
             "MODEL.META_ARCHITECTURE",
-            self.string("MODEL.META_ARCHITECTURE", "GeneralizedRCNN")?
-                .as_str(),
+            "GeneralizedRCNN",
             "GeneralizedVLRCNN",
         )?;
-        self.require(
-            "MODEL.RPN_ARCHITECTURE",
-            self.string("MODEL.RPN_ARCHITECTURE", "RPN")?.as_str(),
-            "VLDYHEAD",
-        )?;
-        self.require("MODEL.RPN_ONLY", self.flag("MODEL.RPN_ONLY", false)?, true)?;
+        self.require_str("MODEL.RPN_ARCHITECTURE", "RPN", "VLDYHEAD")?;
+        self.require_flag("MODEL.RPN_ONLY", false, true)?;
         for key in ["MODEL.MASK_ON", "MODEL.KEYPOINT_ON", "TEST.USE_MULTISCALE"] {
-            self.require(key, self.flag(key, false)?, false)?;
+            self.require_flag(key, false, false)?;
         }
 
         // Backbone: Swin (`SWINT-FPN-RETINANET`).
-        self.require(
-            "MODEL.BACKBONE.CONV_BODY",
-            self.string("MODEL.BACKBONE.CONV_BODY", "R-50-C4")?.as_str(),
-            "SWINT-FPN-RETINANET",
-        )?;
+        self.require_str("MODEL.BACKBONE.CONV_BODY", "R-50-C4", "SWINT-FPN-RETINANET")?;
         let embed = self.count("MODEL.SWINT.EMBED_DIM", 96)?;
         let depths = self.counts4("MODEL.SWINT.DEPTHS", [2, 2, 6, 2])?;
         let heads = self.counts4("MODEL.SWINT.NUM_HEADS", [3, 6, 12, 24])?;
@@ -359,16 +360,8 @@ impl OfficialGlipConfig {
             outs,
             [embed, 2 * embed, 4 * embed, 8 * embed],
         )?;
-        self.require(
-            "MODEL.SWINT.APE",
-            self.flag("MODEL.SWINT.APE", false)?,
-            false,
-        )?;
-        self.require(
-            "MODEL.SWINT.VERSION",
-            self.string("MODEL.SWINT.VERSION", "v1")?.as_str(),
-            "v1",
-        )?;
+        self.require_flag("MODEL.SWINT.APE", false, false)?;
+        self.require_str("MODEL.SWINT.VERSION", "v1", "v1")?;
         self.require(
             "MODEL.SWINT.MLP_RATIO",
             self.float("MODEL.SWINT.MLP_RATIO", 4.0)?,
@@ -399,7 +392,7 @@ impl OfficialGlipConfig {
         let fuse = |k: &str| format!("MODEL.DYHEAD.FUSE_CONFIG.{k}");
         model.num_layers = self.count(&dy("NUM_CONVS"), 4)?;
         for key in [dy("USE_NSYNCBN"), dy("USE_SYNCBN")] {
-            self.require(&key, self.flag(&key, false)?, false)?;
+            self.require_flag(&key, false, false)?;
         }
         model.norm_groups = if self.flag(&dy("USE_GN"), false)? {
             self.count("MODEL.GROUP_NORM.NUM_GROUPS", 16)?
@@ -415,21 +408,13 @@ impl OfficialGlipConfig {
         model.deformable = self.flag(&dy("USE_DFCONV"), false)?;
         model.dyrelu = self.flag(&dy("USE_DYRELU"), false)?;
         model.scale_attention = self.flag(&dy("USE_DYFUSE"), false)?;
-        self.require(
-            &dy("CONV_FUNC"),
-            self.string(&dy("CONV_FUNC"), "")?.as_str(),
-            "",
-        )?;
+        self.require_str(&dy("CONV_FUNC"), "", "")?;
         self.require(
             &dy("COSINE_SCALE"),
             self.float(&dy("COSINE_SCALE"), -1.0)?,
             -1.0,
         )?;
-        self.require(
-            &dy("SCORE_AGG"),
-            self.string(&dy("SCORE_AGG"), "MEAN")?.as_str(),
-            "MEAN",
-        )?;
+        self.require_str(&dy("SCORE_AGG"), "MEAN", "MEAN")?;
         model.log_scale = self.float(&dy("LOG_SCALE"), 0.0)?;
         model.prior_prob = self.float(&dy("PRIOR_PROB"), 0.01)?;
         if !(model.prior_prob > 0.0 && model.prior_prob < 1.0) {
@@ -437,37 +422,17 @@ impl OfficialGlipConfig {
         }
         model.fusion = self.flag(&fuse("EARLY_FUSE_ON"), false)?;
         if model.fusion {
-            self.require(
-                &fuse("TYPE"),
-                self.string(&fuse("TYPE"), "")?.as_str(),
-                "MHA-B",
-            )?;
+            self.require_str(&fuse("TYPE"), "", "MHA-B")?;
             // `VLFuse` builds MHA-B with 8 heads in a 2048-wide joint space, whatever the
             // configuration says.
             model.fusion_heads = 8;
             model.fusion_embed_dim = 2048;
-            self.require(
-                &fuse("USE_LAYER_SCALE"),
-                self.flag(&fuse("USE_LAYER_SCALE"), true)?,
-                true,
-            )?;
-            self.require(
-                &fuse("SEPARATE_BIDIRECTIONAL"),
-                self.flag(&fuse("SEPARATE_BIDIRECTIONAL"), false)?,
-                false,
-            )?;
+            self.require_flag(&fuse("USE_LAYER_SCALE"), true, true)?;
+            self.require_flag(&fuse("SEPARATE_BIDIRECTIONAL"), false, false)?;
             model.fusion_gamma = None;
         }
-        self.require(
-            &fuse("USE_DOT_PRODUCT_TOKEN_LOSS"),
-            self.flag(&fuse("USE_DOT_PRODUCT_TOKEN_LOSS"), false)?,
-            true,
-        )?;
-        self.require(
-            &fuse("USE_FUSED_FEATURES_DOT_PRODUCT"),
-            self.flag(&fuse("USE_FUSED_FEATURES_DOT_PRODUCT"), false)?,
-            true,
-        )?;
+        self.require_flag(&fuse("USE_DOT_PRODUCT_TOKEN_LOSS"), false, true)?;
+        self.require_flag(&fuse("USE_FUSED_FEATURES_DOT_PRODUCT"), false, true)?;
         for k in [
             "USE_CLASSIFICATION_LOSS",
             "USE_TOKEN_LOSS",
@@ -477,7 +442,7 @@ impl OfficialGlipConfig {
             "USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS",
         ] {
             let key = fuse(k);
-            self.require(&key, self.flag(&key, false)?, false)?;
+            self.require_flag(&key, false, false)?;
         }
 
         // Anchors: one square anchor of `scale × stride` per position of P3–P7.
@@ -510,29 +475,17 @@ impl OfficialGlipConfig {
             self.int("MODEL.RPN.SCALES_PER_OCTAVE", 3)?,
             1,
         )?;
-        self.require(
-            "MODEL.RPN.USE_FPN",
-            self.flag("MODEL.RPN.USE_FPN", false)?,
-            true,
-        )?;
+        self.require_flag("MODEL.RPN.USE_FPN", false, true)?;
 
         // Language backbone: the folder's BERT.
         let lang = |k: &str| format!("MODEL.LANGUAGE_BACKBONE.{k}");
         for k in ["MODEL_TYPE", "TOKENIZER_TYPE"] {
             let key = lang(k);
-            self.require(
-                &key,
-                self.string(&key, "bert-base-uncased")?.as_str(),
-                "bert-base-uncased",
-            )?;
+            self.require_str(&key, "bert-base-uncased", "bert-base-uncased")?;
         }
         self.require(&lang("N_LAYERS"), self.int(&lang("N_LAYERS"), 1)?, 1)?;
-        self.require(
-            &lang("MASK_SPECIAL"),
-            self.flag(&lang("MASK_SPECIAL"), false)?,
-            false,
-        )?;
-        self.require(&lang("PAD_MAX"), self.flag(&lang("PAD_MAX"), true)?, true)?;
+        self.require_flag(&lang("MASK_SPECIAL"), false, false)?;
+        self.require_flag(&lang("PAD_MAX"), true, true)?;
         let lang_dim = self.count(&lang("LANG_DIM"), 768)?;
         if lang_dim != model.bert.hidden_size {
             return Err(self.bad(
@@ -556,12 +509,8 @@ impl OfficialGlipConfig {
         recipe.text.max_tokens = max_query;
 
         // Pixels: the released BGR-255 statistics are the ones implemented.
-        self.require("INPUT.TO_BGR255", self.flag("INPUT.TO_BGR255", true)?, true)?;
-        self.require(
-            "INPUT.FORMAT",
-            self.string("INPUT.FORMAT", "")?.as_str(),
-            "",
-        )?;
+        self.require_flag("INPUT.TO_BGR255", true, true)?;
+        self.require_str("INPUT.FORMAT", "", "")?;
         self.require(
             "INPUT.PIXEL_MEAN",
             self.numbers("INPUT.PIXEL_MEAN", &[102.9801, 115.9465, 122.7717])?,
@@ -598,7 +547,7 @@ impl OfficialGlipConfig {
 
         // Prompts, as the official evaluation builds them.
         for key in ["DATASETS.USE_CAPTION_PROMPT", "DATASETS.USE_SUPRESS_QUERY"] {
-            self.require(key, self.flag(key, false)?, false)?;
+            self.require_flag(key, false, false)?;
         }
         let separator = self.string("DATASETS.SEPARATION_TOKENS", " ")?;
         let chunk = self.int("TEST.CHUNKED_EVALUATION", -1)?;
